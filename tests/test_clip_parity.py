@@ -1,0 +1,272 @@
+"""The Flax CLIP matches transformers' PyTorch CLIPModel (random weights) loaded from local files."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from tvr_jax import clip  # noqa: E402
+from tvr_jax.models import clip_weights  # noqa: E402
+
+# Two architectures: one like the tiny preset, one with a patch size, widths, head counts and
+# MLP sizes that no preset has (and unequal tower depths).
+SHAPES = {
+    "small": dict(
+        projection_dim=48, vocab=500,
+        text=dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=1),
+        vision=dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=1, image_size=32, patch_size=8),
+    ),
+    "odd": dict(
+        projection_dim=40, vocab=300,
+        # OpenAI files carry no head count (64-wide heads are implied): widths are multiples of 64.
+        text=dict(hidden_size=128, intermediate_size=200, num_hidden_layers=3, num_attention_heads=2),
+        vision=dict(hidden_size=192, intermediate_size=136, num_hidden_layers=1, num_attention_heads=3, image_size=30, patch_size=6),
+    ),
+}
+
+
+def _torch_clip(shape: dict, seed: int):
+    torch.manual_seed(seed)
+    vocab = shape["vocab"]
+    cfg = transformers.CLIPConfig(
+        text_config=dict(vocab_size=vocab, max_position_embeddings=77, eos_token_id=vocab - 1, bos_token_id=vocab - 2, pad_token_id=0, **shape["text"]),
+        vision_config=dict(**shape["vision"]),
+        projection_dim=shape["projection_dim"],
+    )
+    model = transformers.CLIPModel(cfg).eval()
+    with torch.no_grad():  # HF initialises norms to 1/0 and biases to 0: randomise everything.
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return model
+
+
+def _inputs(shape: dict, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    size, vocab = shape["vision"]["image_size"], shape["vocab"]
+    images = rng.normal(size=(3, size, size, 3)).astype(np.float32)
+    ids = np.zeros((3, 16), np.int64)
+    for row, length in enumerate((16, 9, 4)):  # start token, random words, end token, zero padding
+        ids[row, 0] = vocab - 2
+        ids[row, 1 : length - 1] = rng.integers(1, vocab - 2, size=length - 2)
+        ids[row, length - 1] = vocab - 1
+    return images, ids
+
+
+def _torch_reference(model, images, ids):
+    with torch.no_grad():
+        vis = model.vision_model(pixel_values=torch.from_numpy(images).permute(0, 3, 1, 2))
+        txt = model.text_model(input_ids=torch.from_numpy(ids))
+        return dict(
+            image_tokens=model.visual_projection(model.vision_model.post_layernorm(vis.last_hidden_state)).numpy(),
+            image=model.visual_projection(vis.pooler_output).numpy(),
+            text_tokens=model.text_projection(txt.last_hidden_state).numpy(),
+            text=model.text_projection(txt.pooler_output).numpy(),
+        )
+
+
+def _flax_outputs(model, params, images, ids):
+    apply = lambda method, x: np.asarray(model.apply({"params": params}, jnp.asarray(x), method=method))
+    return dict(
+        image_tokens=apply(model.image_tokens, images), image=apply(model.encode_image, images),
+        text_tokens=apply(model.text_tokens, ids.astype(np.int32)), text=apply(model.encode_text, ids.astype(np.int32)),
+    )
+
+
+def assert_close(ours: dict, ref: dict, rtol: float = 1e-4):
+    for name in ref:
+        scale = np.abs(ref[name]).max()
+        np.testing.assert_allclose(ours[name], ref[name], rtol=rtol, atol=rtol * scale, err_msg=name)
+
+
+def _openai_state_dict(hf_model) -> dict:
+    """The same weights in OpenAI CLIP's layout (fused in_proj, (W, D) projections)."""
+    sd = {k: v.detach().clone() for k, v in hf_model.state_dict().items()}
+    out = {"logit_scale": sd["logit_scale"]}
+    rename = {"layer_norm1": "ln_1", "layer_norm2": "ln_2", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj"}
+    for tower, prefix in (("text_model", ""), ("vision_model", "visual.")):
+        n = sum(1 for k in sd if k.startswith(f"{tower}.encoder.layers.") and k.endswith("self_attn.q_proj.weight"))
+        for i in range(n):
+            src, dst = f"{tower}.encoder.layers.{i}", f"{prefix}transformer.resblocks.{i}"
+            for part in ("weight", "bias"):
+                out[f"{dst}.attn.in_proj_{part}"] = torch.cat([sd[f"{src}.self_attn.{q}_proj.{part}"] for q in "qkv"])
+                out[f"{dst}.attn.out_proj.{part}"] = sd[f"{src}.self_attn.out_proj.{part}"]
+                for a, b in rename.items():
+                    out[f"{dst}.{b}.{part}"] = sd[f"{src}.{a}.{part}"]
+    out["token_embedding.weight"] = sd["text_model.embeddings.token_embedding.weight"]
+    out["positional_embedding"] = sd["text_model.embeddings.position_embedding.weight"]
+    out["ln_final.weight"], out["ln_final.bias"] = sd["text_model.final_layer_norm.weight"], sd["text_model.final_layer_norm.bias"]
+    out["text_projection"] = sd["text_projection.weight"].T.contiguous()
+    out["visual.class_embedding"] = sd["vision_model.embeddings.class_embedding"]
+    out["visual.conv1.weight"] = sd["vision_model.embeddings.patch_embedding.weight"]
+    out["visual.positional_embedding"] = sd["vision_model.embeddings.position_embedding.weight"]
+    for ours, theirs in (("ln_pre", "pre_layrnorm"), ("ln_post", "post_layernorm")):
+        for part in ("weight", "bias"):
+            out[f"visual.{ours}.{part}"] = sd[f"vision_model.{theirs}.{part}"]
+    out["visual.proj"] = sd["visual_projection.weight"].T.contiguous()
+    return out
+
+
+@pytest.fixture(scope="module", params=sorted(SHAPES))
+def saved(request, tmp_path_factory):
+    shape = SHAPES[request.param]
+    model = _torch_clip(shape, seed=len(request.param))
+    root = tmp_path_factory.mktemp(request.param)
+    model.save_pretrained(root / "hf")
+    torch.save(_openai_state_dict(model), root / "openai.pt")
+    images, ids = _inputs(shape)
+    return dict(shape=shape, root=root, images=images, ids=ids, ref=_torch_reference(model, images, ids), torch_model=model)
+
+
+def test_hf_folder_matches_pytorch(saved):
+    model, params = clip.load(saved["root"] / "hf")
+    assert model.config.patch_size == saved["shape"]["vision"]["patch_size"]
+    assert_close(_flax_outputs(model, params, saved["images"], saved["ids"]), saved["ref"])
+
+
+def test_openai_state_dict_matches_pytorch(saved):
+    model, params = clip.load(saved["root"] / "openai.pt")
+    assert_close(_flax_outputs(model, params, saved["images"], saved["ids"]), saved["ref"])
+
+
+def test_pytorch_bin_folder(saved, tmp_path):
+    (tmp_path / "config.json").write_text((saved["root"] / "hf" / "config.json").read_text())
+    torch.save(saved["torch_model"].state_dict(), tmp_path / "pytorch_model.bin")
+    model, params = clip.load(tmp_path)
+    assert_close(_flax_outputs(model, params, saved["images"], saved["ids"]), saved["ref"])
+
+
+class _ParamHolder(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def test_torchscript_archive(saved, tmp_path):
+    """OpenAI's released .pt files are TorchScript archives: parameters under the same names."""
+    state = torch.load(saved["root"] / "openai.pt")
+    holder = _ParamHolder()
+    for key, value in state.items():
+        *parents, leaf = key.split(".")
+        node = holder
+        for name in parents:
+            if not hasattr(node, name):
+                node.add_module(name, _ParamHolder())
+            node = getattr(node, name)
+        node.register_parameter(leaf, torch.nn.Parameter(value.half(), requires_grad=False))  # released files are fp16
+    path = tmp_path / "scripted.pt"
+    torch.jit.save(torch.jit.script(holder), path)
+    model, params = clip.load(path)
+    assert_close(_flax_outputs(model, params, saved["images"], saved["ids"]), saved["ref"], rtol=2e-2)
+
+
+@pytest.mark.parametrize("compute", [dict(scan_layers=True), dict(remat=True), dict(scan_layers=True, remat=True)])
+def test_scan_and_remat_layouts_same_numbers(saved, compute):
+    model, params = clip.load(saved["root"] / "hf", **compute)
+    if compute.get("scan_layers"):
+        assert "resblocks" in params["visual"]["transformer"]
+    assert_close(_flax_outputs(model, params, saved["images"], saved["ids"]), saved["ref"])
+
+
+def test_bfloat16_compute_close(saved):
+    model, params = clip.load(saved["root"] / "hf", dtype="bfloat16")
+    assert jax.tree.leaves(params)[0].dtype == jnp.float32  # parameters stay float32
+    ours = _flax_outputs(model, params, saved["images"], saved["ids"])
+    for name, ref in saved["ref"].items():
+        got = ours[name].astype(np.float32)
+        cos = (got * ref).sum(-1) / (np.linalg.norm(got, axis=-1) * np.linalg.norm(ref, axis=-1))
+        assert cos.min() > 0.99, (name, cos.min())
+
+
+def test_convert_weights_roundtrip(saved, tmp_path):
+    model, params = clip.load(saved["root"] / "hf")
+    clip.save_converted(model.config, params, tmp_path / "converted")
+    model2, params2 = clip.load(tmp_path / "converted", scan_layers=True)
+    assert model2.config.replace(scan_layers=False) == model.config
+    assert_close(_flax_outputs(model2, params2, saved["images"], saved["ids"]), saved["ref"])
+    with pytest.raises(FileExistsError, match="already holds"):
+        clip.save_converted(model.config, params, tmp_path / "converted")
+
+
+def test_gradients_flow_through_both_towers(saved):
+    model, params = clip.load(saved["root"] / "hf")
+    images, ids = jnp.asarray(saved["images"]), jnp.asarray(saved["ids"], jnp.int32)
+    grads = jax.grad(lambda p: jnp.sum(model.apply({"params": p}, images, ids)[0] @ model.apply({"params": p}, images, ids)[1].T))(params)
+    for tower in ("visual", "text"):
+        norms = [float(jnp.abs(g).sum()) for g in jax.tree.leaves(grads[tower])]
+        assert all(np.isfinite(norms)) and min(norms) > 0, tower
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad checkpoints: clear errors.
+# ----------------------------------------------------------------------------------------------
+def test_missing_path_names_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere.pt"):
+        clip.load(tmp_path / "nowhere.pt")
+
+
+def test_wrong_shape_names_parameter_and_shapes(saved, tmp_path):
+    state = torch.load(saved["root"] / "openai.pt")
+    state["visual.ln_post.bias"] = state["visual.ln_post.bias"][:-1].contiguous()
+    torch.save(state, tmp_path / "bad.pt")
+    with pytest.raises(clip.CheckpointError, match=r"'visual\.ln_post\.bias' has shape \(\d+,\).*needs \(\d+,\)"):
+        clip.load(tmp_path / "bad.pt")
+
+
+def test_missing_parameter_named(saved, tmp_path):
+    state = torch.load(saved["root"] / "openai.pt")
+    del state["visual.transformer.resblocks.0.mlp.c_fc.bias"]
+    torch.save(state, tmp_path / "missing.pt")
+    with pytest.raises(clip.CheckpointError, match="resblocks.0.mlp.c_fc.bias"):
+        clip.load(tmp_path / "missing.pt")
+
+
+def test_hf_shape_mismatch_with_config(saved, tmp_path):
+    import shutil
+
+    shutil.copytree(saved["root"] / "hf", tmp_path / "hf")
+    cfg_path = tmp_path / "hf" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["projection_dim"] += 1
+    cfg_path.write_text(json.dumps(cfg))
+    d = saved["shape"]["projection_dim"]
+    with pytest.raises(clip.CheckpointError, match=rf"'text_projection.weight' has shape \({d}, \d+\) .* needs \(\d+, {d + 1}\)"):
+        clip.load(tmp_path / "hf")
+
+
+def test_unknown_architecture_lists_fields(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "siglip", "text_config": {}}))
+    with pytest.raises(clip.CheckpointError, match=r"model_type='siglip'.*fields found: \['model_type', 'text_config'\]"):
+        clip.load(tmp_path)
+    torch.save({"foo.weight": torch.zeros(3)}, tmp_path / "other.pt")
+    with pytest.raises(clip.CheckpointError, match=r"unknown architecture.*foo\.weight"):
+        clip.load(tmp_path / "other.pt")
+
+
+def test_hf_folder_without_weights(tmp_path, saved):
+    (tmp_path / "config.json").write_text((saved["root"] / "hf" / "config.json").read_text())
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        clip.load(tmp_path)
+
+
+def test_load_refuses_architecture_overrides(saved):
+    with pytest.raises(ValueError, match="compute fields"):
+        clip.load(saved["root"] / "hf", vision_layers=3)
+
+
+def test_presets_have_published_shapes():
+    n_params = lambda cfg: sum(int(np.prod(s)) for s in clip_weights.expected_shapes(cfg).values())
+    assert n_params(clip.PRESETS["vit_b32"]) == 151_277_313  # OpenAI ViT-B/32
+    assert n_params(clip.PRESETS["vit_b16"]) == 149_620_737  # OpenAI ViT-B/16
+    assert clip.PRESETS["vit_b16"].grid_size == 14 and clip.PRESETS["vit_b32"].grid_size == 7
+
+
+def test_config_validation_names_field():
+    with pytest.raises(ValueError, match="vision_width=100 is not divisible by vision_heads=3"):
+        clip.CLIPConfig(vision_width=100, vision_heads=3)
+    with pytest.raises(ValueError, match="activation='relu'"):
+        clip.CLIPConfig(activation="relu")

@@ -1,0 +1,313 @@
+"""CLIP dual encoder (OpenAI numerics) in Flax Linen, returning token-level features.
+
+Layout and numerics follow OpenAI CLIP: pre-LN residual attention blocks with QuickGELU, a
+bias-free patch convolution, class and position embeddings, `ln_pre` and `ln_post` in the image
+tower; token and position embeddings, a causal mask, `ln_final` and end-of-text pooling (the
+position of the largest token id) in the text tower; bias-free projections to the joint space.
+
+The method needs every token, not only the pooled ones (method.md section 1), so besides
+`encode_image` / `encode_text` the model has `image_tokens` (projected CLS + patch tokens per
+image) and `text_tokens` (projected token at every position).
+
+Big-model switches: compute `dtype` (bfloat16) with float32 parameters, per-block
+rematerialisation (`remat`), and stacking the blocks with `nn.scan` (`scan_layers`: one compiled
+block instead of L, parameters stacked on a leading layer axis).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+_ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+}
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+@dataclasses.dataclass(frozen=True)
+class CLIPConfig:
+    """Architecture of a CLIP dual encoder plus the compute switches (all JSON-serialisable)."""
+
+    embed_dim: int = 512
+    image_size: int = 224
+    patch_size: int = 32
+    vision_width: int = 768
+    vision_layers: int = 12
+    vision_heads: int = 12
+    vision_mlp_dim: int = 3072
+    context_length: int = 77
+    vocab_size: int = 49408
+    text_width: int = 512
+    text_layers: int = 12
+    text_heads: int = 8
+    text_mlp_dim: int = 2048
+    activation: str = "quick_gelu"
+    layer_norm_eps: float = 1e-5
+    # Compute switches: they change speed and memory, not the parameters' meaning.
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    remat: bool = False
+    scan_layers: bool = False
+
+    def __post_init__(self):
+        problems = []
+        if self.activation not in _ACTIVATIONS:
+            problems.append(f"activation={self.activation!r} (allowed: {sorted(_ACTIVATIONS)})")
+        for field in ("dtype", "param_dtype"):
+            if getattr(self, field) not in _DTYPES:
+                problems.append(f"{field}={getattr(self, field)!r} (allowed: {sorted(_DTYPES)})")
+        if self.image_size % self.patch_size:
+            problems.append(f"image_size={self.image_size} is not a multiple of patch_size={self.patch_size}")
+        for tower in ("vision", "text"):
+            width, heads = getattr(self, f"{tower}_width"), getattr(self, f"{tower}_heads")
+            if heads <= 0 or width % heads:
+                problems.append(f"{tower}_width={width} is not divisible by {tower}_heads={heads}")
+        for field in ("embed_dim", "vision_layers", "text_layers", "context_length", "vocab_size"):
+            if getattr(self, field) <= 0:
+                problems.append(f"{field}={getattr(self, field)} must be positive")
+        if problems:
+            raise ValueError("invalid CLIPConfig: " + "; ".join(problems))
+
+    @property
+    def grid_size(self) -> int:
+        return self.image_size // self.patch_size
+
+    def replace(self, **changes: Any) -> "CLIPConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "CLIPConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown CLIPConfig fields {unknown}; known fields: {sorted(known)}")
+        return cls(**d)
+
+
+PRESETS: dict[str, CLIPConfig] = {
+    # The published OpenAI CLIP shapes.
+    "vit_b32": CLIPConfig(),
+    "vit_b16": CLIPConfig(patch_size=16),
+    # For tests and CPU training: the real vocabulary and context, a few small layers.
+    "tiny": CLIPConfig(
+        embed_dim=64, image_size=32, patch_size=8, vision_width=64, vision_layers=2, vision_heads=2,
+        vision_mlp_dim=256, text_width=64, text_layers=2, text_heads=2, text_mlp_dim=256,
+    ),
+}
+
+
+def _dtype(name: str):
+    return _DTYPES[name]
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm over the last axis, computed in float32 whatever the compute dtype (as CLIP does)."""
+
+    eps: float = 1e-5
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (x.shape[-1],), self.param_dtype)
+        x32 = x.astype(jnp.float32)
+        mean = x32.mean(-1, keepdims=True)
+        var = jnp.square(x32 - mean).mean(-1, keepdims=True)
+        y = (x32 - mean) * jax.lax.rsqrt(var + self.eps) * scale + bias
+        return y.astype(x.dtype)
+
+
+class MultiHeadAttention(nn.Module):
+    """Scaled dot-product self-attention, separate q/k/v projections with bias, softmax in fp32."""
+
+    width: int
+    heads: int
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, mask=None):
+        head_dim = self.width // self.heads
+        dense = lambda name: nn.Dense(self.width, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+        split = lambda y: y.reshape(*y.shape[:-1], self.heads, head_dim)
+        q = split(dense("q_proj")(x)) * head_dim**-0.5
+        k, v = split(dense("k_proj")(x)), split(dense("v_proj")(x))
+        logits = jnp.einsum("...qhd,...khd->...hqk", q, k).astype(jnp.float32)
+        if mask is not None:
+            logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+        out = jnp.einsum("...hqk,...khd->...qhd", probs, v).reshape(x.shape)
+        return dense("out_proj")(out)
+
+
+class ResidualAttentionBlock(nn.Module):
+    """Pre-LN transformer block: x + attn(ln_1(x)); x + mlp(ln_2(x))."""
+
+    width: int
+    heads: int
+    mlp_dim: int
+    activation: str = "quick_gelu"
+    eps: float = 1e-5
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, mask=None):
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        y = LayerNorm(self.eps, self.param_dtype, name="ln_1")(x)
+        x = x + MultiHeadAttention(self.width, self.heads, name="attn", **kw)(y, mask)
+        y = LayerNorm(self.eps, self.param_dtype, name="ln_2")(x)
+        y = nn.Dense(self.mlp_dim, name="c_fc", **kw)(y)
+        y = nn.Dense(self.width, name="c_proj", **kw)(_ACTIVATIONS[self.activation](y))
+        return x + y
+
+
+def _scan_body(block: nn.Module, x, mask):
+    return block(x, mask), None
+
+
+class Transformer(nn.Module):
+    """A stack of residual attention blocks: `resblocks_{i}` params, or stacked `resblocks` with scan."""
+
+    width: int
+    layers: int
+    heads: int
+    mlp_dim: int
+    activation: str = "quick_gelu"
+    eps: float = 1e-5
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    remat: bool = False
+    scan_layers: bool = False
+
+    @nn.compact
+    def __call__(self, x, mask=None):
+        block_cls = nn.remat(ResidualAttentionBlock, prevent_cse=not self.scan_layers) if self.remat else ResidualAttentionBlock
+        kw = dict(width=self.width, heads=self.heads, mlp_dim=self.mlp_dim, activation=self.activation,
+                  eps=self.eps, dtype=self.dtype, param_dtype=self.param_dtype)
+        if self.scan_layers:
+            scan = nn.scan(_scan_body, variable_axes={"params": 0}, split_rngs={"params": True},
+                           in_axes=nn.broadcast, length=self.layers)
+            x, _ = scan(block_cls(name="resblocks", **kw), x, mask)
+            return x
+        for i in range(self.layers):
+            x = block_cls(name=f"resblocks_{i}", **kw)(x, mask)
+        return x
+
+
+def _tower_kwargs(cfg: CLIPConfig, tower: str) -> dict[str, Any]:
+    return dict(
+        width=getattr(cfg, f"{tower}_width"), layers=getattr(cfg, f"{tower}_layers"),
+        heads=getattr(cfg, f"{tower}_heads"), mlp_dim=getattr(cfg, f"{tower}_mlp_dim"),
+        activation=cfg.activation, eps=cfg.layer_norm_eps, dtype=_dtype(cfg.dtype),
+        param_dtype=_dtype(cfg.param_dtype), remat=cfg.remat, scan_layers=cfg.scan_layers,
+    )
+
+
+class VisionTransformer(nn.Module):
+    """CLIP image tower: images (N, H, W, 3), normalised -> projected tokens (N, 1 + P, D)."""
+
+    config: CLIPConfig
+
+    @nn.compact
+    def __call__(self, images):
+        cfg = self.config
+        dtype, pdtype = _dtype(cfg.dtype), _dtype(cfg.param_dtype)
+        if images.shape[-3:] != (cfg.image_size, cfg.image_size, 3):
+            raise ValueError(
+                f"images must be (..., {cfg.image_size}, {cfg.image_size}, 3) NHWC for this model, "
+                f"got shape {images.shape}"
+            )
+        width, p = cfg.vision_width, cfg.patch_size
+        x = nn.Conv(width, (p, p), strides=(p, p), padding="VALID", use_bias=False, dtype=dtype,
+                    param_dtype=pdtype, name="conv1")(images.astype(dtype))
+        x = x.reshape(x.shape[0], -1, width)
+        init = nn.initializers.normal(width**-0.5)
+        cls = self.param("class_embedding", init, (width,), pdtype)
+        pos = self.param("positional_embedding", init, (cfg.grid_size**2 + 1, width), pdtype)
+        x = jnp.concatenate([jnp.broadcast_to(cls.astype(dtype), (x.shape[0], 1, width)), x], axis=1)
+        x = x + pos.astype(dtype)
+        x = LayerNorm(cfg.layer_norm_eps, pdtype, name="ln_pre")(x)
+        x = Transformer(**_tower_kwargs(cfg, "vision"), name="transformer")(x)
+        # CLIP applies ln_post to the CLS token only; LayerNorm is per token, so applying it to
+        # every token gives the same CLS and comparable patch tokens (TS2-Net does the same).
+        x = LayerNorm(cfg.layer_norm_eps, pdtype, name="ln_post")(x)
+        proj = self.param("proj", init, (width, cfg.embed_dim), pdtype)
+        return x @ proj.astype(dtype)
+
+
+class TextTransformer(nn.Module):
+    """CLIP text tower: token ids (N, L <= context) -> projected token features (N, L, D)."""
+
+    config: CLIPConfig
+
+    @nn.compact
+    def __call__(self, token_ids):
+        cfg = self.config
+        dtype, pdtype = _dtype(cfg.dtype), _dtype(cfg.param_dtype)
+        length = token_ids.shape[-1]
+        if length > cfg.context_length:
+            raise ValueError(f"token_ids have length {length} > context_length {cfg.context_length}")
+        x = nn.Embed(cfg.vocab_size, cfg.text_width, embedding_init=nn.initializers.normal(0.02),
+                     dtype=dtype, param_dtype=pdtype, name="token_embedding")(token_ids)
+        pos = self.param("positional_embedding", nn.initializers.normal(0.01),
+                         (cfg.context_length, cfg.text_width), pdtype)
+        x = x + pos[:length].astype(dtype)
+        causal = nn.make_causal_mask(jnp.ones(token_ids.shape[-1:], jnp.bool_), dtype=jnp.bool_)[0]
+        x = Transformer(**_tower_kwargs(cfg, "text"), name="transformer")(x, causal)
+        x = LayerNorm(cfg.layer_norm_eps, pdtype, name="ln_final")(x)
+        proj = self.param("text_projection", nn.initializers.normal(cfg.text_width**-0.5),
+                          (cfg.text_width, cfg.embed_dim), pdtype)
+        return x @ proj.astype(dtype)
+
+
+def end_of_text_index(token_ids: jax.Array) -> jax.Array:
+    """Position of the end-of-text token: CLIP's argmax of the ids (the EOT id is the largest)."""
+    return jnp.argmax(token_ids, axis=-1)
+
+
+class CLIP(nn.Module):
+    """CLIP dual encoder. `__call__` (used by `init`) returns (image embeddings, text embeddings)."""
+
+    config: CLIPConfig
+
+    def setup(self):
+        self.visual = VisionTransformer(self.config)
+        self.text = TextTransformer(self.config)
+        self.logit_scale = self.param("logit_scale", nn.initializers.constant(jnp.log(1 / 0.07)), ())
+
+    def image_tokens(self, images):
+        """Projected image tokens (N, 1 + P, D): index 0 is the CLS (frame) token."""
+        return self.visual(images)
+
+    def text_tokens(self, token_ids):
+        """Projected text tokens (N, L, D) at every position, after `ln_final`."""
+        return self.text(token_ids)
+
+    def encode_image(self, images):
+        """Projected image embeddings (N, D), not normalised (as PyTorch CLIP)."""
+        return self.image_tokens(images)[:, 0]
+
+    def encode_text(self, token_ids):
+        """Projected text embeddings (N, D) at the end-of-text token, not normalised."""
+        tokens = self.text_tokens(token_ids)
+        return jnp.take_along_axis(tokens, end_of_text_index(token_ids)[:, None, None], axis=1)[:, 0]
+
+    def __call__(self, images, token_ids):
+        return self.encode_image(images), self.encode_text(token_ids)
+
+    def init_inputs(self, batch: int = 1):
+        """Dummy (images, token_ids) of the right shapes for `init` / `jax.eval_shape`."""
+        cfg = self.config
+        return (jnp.zeros((batch, cfg.image_size, cfg.image_size, 3), jnp.float32),
+                jnp.zeros((batch, cfg.context_length), jnp.int32))
