@@ -270,3 +270,15 @@ def test_config_validation_names_field():
         clip.CLIPConfig(vision_width=100, vision_heads=3)
     with pytest.raises(ValueError, match="activation='relu'"):
         clip.CLIPConfig(activation="relu")
+
+
+def test_cli_convert_weights(saved, tmp_path, capsys):
+    from tvr_jax import cli
+
+    out = tmp_path / "converted"
+    assert cli.main(["convert-weights", str(saved["root"] / "openai.pt"), str(out)]) == 0
+    assert "parameters" in capsys.readouterr().out
+    model, params = clip.load(out)
+    assert_close(_flax_outputs(model, params, saved["images"], saved["ids"]), saved["ref"])
+    assert cli.main(["convert-weights", str(tmp_path / "absent.pt"), str(tmp_path / "o2")]) == 2
+    assert "absent.pt" in capsys.readouterr().err
