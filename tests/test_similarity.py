@@ -1,0 +1,316 @@
+"""DMAE similarity (method.md section 2) against a plain per-pair, per-token reference.
+
+The reference is written from the equations with Python loops over pairs and tokens. It runs
+twice: in float64 numpy for the forward value, and with jnp float64 values (jax.enable_x64)
+under jax.grad for the gradient. Discrete choices (argmaxes) are always made on the float64
+numpy copy of the inputs, so the jnp run differentiates the same piecewise-smooth expression.
+"""
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tvr_jax.similarity import INTERACTIONS, WTIHeads, dmae_similarity
+
+B_T, B_V, L, T, D = 3, 5, 5, 4, 8
+
+
+# ----------------------------------------------------------------------------- inputs
+def _unit(x):
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def make_inputs(seed=0, b_t=B_T, b_v=B_V, num_words=L, num_frames=T, dim=D):
+    rng = np.random.default_rng(seed)
+    word_mask = np.ones((b_t, num_words), bool)
+    word_mask[1, 2:] = False            # two valid words
+    word_mask[2, 1:] = False            # one valid word
+    frame_mask = np.ones((b_v, num_frames), bool)
+    frame_mask[1, 1:] = False           # a video with one valid frame
+    frame_mask[2, 2:] = False           # two valid frames
+    frame_mask[3, 3:] = False
+    words = _unit(rng.normal(size=(b_t, num_words, dim)))
+    frames = _unit(rng.normal(size=(b_v, num_frames, dim)))
+    # Padding carries large garbage: it must never matter.
+    words[~word_mask] = 7.0 * rng.normal(size=(int((~word_mask).sum()), dim))
+    frames[~frame_mask] = 7.0 * rng.normal(size=(int((~frame_mask).sum()), dim))
+    weights = rng.integers(1, 3, size=(b_t, num_words)).astype(np.float32)
+    weights[~word_mask] = 2.0
+    word_logits = rng.normal(size=(b_t, num_words))
+    frame_logits = rng.normal(size=(b_v, num_frames))
+    word_logits[~word_mask] = 50.0
+    frame_logits[~frame_mask] = 50.0
+    return dict(
+        text_cls=_unit(rng.normal(size=(b_t, dim))).astype(np.float32),
+        words=words.astype(np.float32), word_weights=weights, word_mask=word_mask,
+        frames=frames.astype(np.float32), frame_mask=frame_mask,
+        word_logits=word_logits.astype(np.float32), frame_logits=frame_logits.astype(np.float32))
+
+
+DIFF_KEYS = ("text_cls", "words", "frames", "word_logits", "frame_logits")
+
+
+# ----------------------------------------------------------------------------- reference
+def ref_token_weights(xp, values, masks_np, interaction, textual_attention, a):
+    """alpha_a (L,) for the words of text a (method.md 2.2 / 2.3)."""
+    mask = masks_np["word_mask"][a]
+    omega = [(values["word_weights"][a][t] if textual_attention else 1.0) if mask[t] else 0.0
+             for t in range(len(mask))]
+    if interaction in ("wti", "att_wti"):
+        valid = [t for t in range(len(mask)) if mask[t]]
+        z = sum(xp.exp(values["word_logits"][a][t]) for t in valid)
+        omega = [omega[t] * xp.exp(values["word_logits"][a][t]) / z if mask[t] else 0.0
+                 for t in range(len(mask))]
+    if not any(mask):
+        return omega
+    total = sum(omega)
+    return [w / total for w in omega]
+
+
+def ref_frame_weights(xp, values, masks_np, interaction, b):
+    mask = masks_np["frame_mask"][b]
+    valid = [v for v in range(len(mask)) if mask[v]]
+    if not valid:
+        return [0.0] * len(mask)
+    if interaction in ("wti", "att_wti"):
+        z = sum(xp.exp(values["frame_logits"][b][v]) for v in valid)
+        return [xp.exp(values["frame_logits"][b][v]) / z if mask[v] else 0.0
+                for v in range(len(mask))]
+    return [1.0 / len(valid) if mask[v] else 0.0 for v in range(len(mask))]
+
+
+def ref_set_similarity(xp, x, x_np, x_valid, alpha, f, f_np, f_valid, beta, va, gamma):
+    """S(X_a, F_b) for one text token set and one video.
+
+    The choices (v*, v**, best token of each frame) are made by loops over tokens on the numpy
+    copy; the value is then assembled from the chosen entries with a handful of xp operations
+    (few enough that jax.grad on jnp inputs stays fast in eager mode).
+    """
+    vt = [t for t in range(len(x_valid)) if x_valid[t]]
+    vv = [v for v in range(len(f_valid)) if f_valid[v]]
+    if not vt or not vv:
+        return 0.0
+    s_np, c_np = x_np @ f_np.T, f_np @ f_np.T
+    best, second, has_second = [], [], []
+    for t in vt:
+        v1 = max(vv, key=lambda v: s_np[t, v])        # first maximum wins ties
+        others = [u for u in vv if u != v1]
+        v2 = max(others, key=lambda u: c_np[v1, u]) if others else v1
+        best.append(v1)
+        second.append(v2)
+        has_second.append(1.0 if (va and others) else 0.0)
+    best_token = [max(vt, key=lambda t: s_np[t, v]) for v in vv]
+
+    s, c = x @ f.T, f @ f.T
+    vt_i, v1, v2 = np.array(vt), np.array(best), np.array(second)
+    t2v = s[vt_i, v1] + gamma * np.array(has_second) * c[v1, v2] * s[vt_i, v2]
+    a = xp.stack([xp.asarray(alpha[t]) for t in vt])
+    b = xp.stack([xp.asarray(beta[v]) for v in vv])
+    v2t = s[np.array(best_token), np.array(vv)]
+    return 0.5 * (xp.sum(a * t2v) + xp.sum(b * v2t))
+
+
+def ref_dmae(xp, values, inputs_np, interaction, va, ta, gamma=0.5):
+    """S (B_t, B_v) with loops over pairs; decisions on inputs_np (float64)."""
+    np64 = {k: np.asarray(v, np.float64) if v.dtype != bool else v for k, v in inputs_np.items()}
+    b_t, b_v = len(np64["word_mask"]), len(np64["frame_mask"])
+    betas = [ref_frame_weights(xp, values, np64, interaction, b) for b in range(b_v)]
+    rows = []
+    for a in range(b_t):
+        alpha = ref_token_weights(xp, values, np64, interaction, ta, a)
+        row = []
+        for b in range(b_v):
+            beta = betas[b]
+            args = (values["frames"][b], np64["frames"][b], np64["frame_mask"][b], beta, va, gamma)
+            sim = ref_set_similarity(xp, values["words"][a], np64["words"][a],
+                                     np64["word_mask"][a], alpha, *args)
+            if interaction.startswith("att_"):
+                cls = ref_set_similarity(xp, values["text_cls"][a][None], np64["text_cls"][a][None],
+                                         [True], [1.0], *args)
+                sim = 0.5 * (cls + sim)
+            row.append(sim)
+        rows.append(row)
+    return rows
+
+
+def _call(inputs, interaction, va, ta, block_size):
+    return dmae_similarity(
+        inputs["text_cls"], inputs["words"], inputs["word_weights"], inputs["word_mask"],
+        inputs["frames"], inputs["frame_mask"], interaction=interaction, visual_attention=va,
+        textual_attention=ta, block_size=block_size, word_logits=inputs["word_logits"],
+        frame_logits=inputs["frame_logits"])
+
+
+def _value_and_grad(inputs, probe, **kw):
+    @jax.jit
+    def f(diff):
+        s = _call({**inputs, **diff}, **kw)
+        return jnp.sum(s * probe), s
+    (_, s), g = jax.value_and_grad(f, has_aux=True)({k: inputs[k] for k in DIFF_KEYS})
+    return s, g
+
+
+# ----------------------------------------------------------------------------- tests
+@pytest.fixture
+def fast_compile():
+    """Skip most XLA optimisation passes: these tests are dominated by compile time."""
+    previous = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", previous)
+
+
+@pytest.mark.parametrize("interaction,va,ta", list(itertools.product(INTERACTIONS,
+                                                                      (True, False),
+                                                                      (True, False))))
+def test_matches_reference_forward_and_gradient(interaction, va, ta, fast_compile):
+    inputs = make_inputs()
+    probe = np.random.default_rng(1).normal(size=(B_T, B_V)).astype(np.float32)
+    # block_size 2 does not divide B_v = 5: exercises the padded, blocked path.
+    s, grads = _value_and_grad(inputs, probe, interaction=interaction, va=va, ta=ta, block_size=2)
+
+    s_ref = np.array(ref_dmae(np, {k: (v.astype(np.float64) if v.dtype != bool else v)
+                                   for k, v in inputs.items()}, inputs, interaction, va, ta),
+                     dtype=np.float64)
+    np.testing.assert_allclose(np.asarray(s), s_ref, rtol=1e-5, atol=1e-6)
+
+    def ref_objective(diff):
+        rows = ref_dmae(jnp, {**inputs, **diff}, inputs, interaction, va, ta)
+        return sum(rows[a][b] * probe[a, b] for a in range(B_T) for b in range(B_V))
+
+    with jax.enable_x64(True):
+        ref_grads = jax.grad(ref_objective)({k: jnp.asarray(inputs[k], jnp.float64)
+                                             for k in DIFF_KEYS})
+    for k in DIFF_KEYS:
+        np.testing.assert_allclose(np.asarray(grads[k]), np.asarray(ref_grads[k]),
+                                   rtol=1e-4, atol=1e-5, err_msg=k)
+    # Padding receives no gradient.
+    assert not np.any(np.asarray(grads["words"])[~inputs["word_mask"]])
+    assert not np.any(np.asarray(grads["frames"])[~inputs["frame_mask"]])
+
+
+def test_single_valid_frame_has_no_visual_attention_term(fast_compile):
+    inputs = make_inputs()
+    call = jax.jit(_call, static_argnums=(1, 2, 3, 4))
+    on = np.asarray(call(inputs, "att_ti", True, True, 64))
+    off = np.asarray(call(inputs, "att_ti", False, True, 64))
+    np.testing.assert_array_equal(on[:, 1], off[:, 1])  # video 1 has one valid frame
+    assert np.all(np.abs(on[:, [0, 2, 3, 4]] - off[:, [0, 2, 3, 4]]) > 0)
+
+
+def test_visual_attention_by_hand():
+    """One text token, one video of three frames: t2v = s(v*) + gamma C(v*, v**) s(v**)."""
+    f = np.array([[[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]]], np.float32)      # (1, 3, 2)
+    x = np.array([[[0.8, 0.6]]], np.float32)                              # (1, 1, 2)
+    # s = [0.8, 0.96, 0.6]: v* = 1; C(1, .) = [0.6, -, 0.8]: v** = 2.
+    t2v = 0.96 + 0.5 * 0.8 * 0.6
+    v2t = np.mean([0.8, 0.96, 0.6])
+    s = dmae_similarity(x[:, 0], x, np.ones((1, 1)), np.ones((1, 1), bool), f,
+                        np.ones((1, 3), bool), interaction="ti")
+    np.testing.assert_allclose(np.asarray(s), [[0.5 * (t2v + v2t)]], rtol=1e-6)
+
+
+def test_block_size_does_not_change_result(fast_compile):
+    """Blocked (with and without padding) == one block; block_size >= B_v == one block."""
+    inputs = make_inputs(seed=3, b_v=7)
+    probe = np.random.default_rng(2).normal(size=(B_T, 7)).astype(np.float32)
+    kw = dict(interaction="att_wti", va=True, ta=True)
+    s_full, g_full = _value_and_grad(inputs, probe, block_size=64, **kw)
+    for block_size in (1, 3):
+        s, g = _value_and_grad(inputs, probe, block_size=block_size, **kw)
+        np.testing.assert_allclose(np.asarray(s), np.asarray(s_full), rtol=1e-6, atol=1e-7)
+        for k in DIFF_KEYS:
+            np.testing.assert_allclose(np.asarray(g[k]), np.asarray(g_full[k]),
+                                       rtol=1e-5, atol=1e-7, err_msg=f"{k} block {block_size}")
+
+
+@pytest.mark.parametrize("interaction", ["ti", "att_wti"])
+def test_empty_text_and_video_rows_are_finite(interaction, fast_compile):
+    inputs = make_inputs()
+    inputs["word_mask"][2] = False   # a text without words
+    inputs["frame_mask"][4] = False  # a video without frames
+    probe = np.ones((B_T, B_V), np.float32)
+    s, grads = _value_and_grad(inputs, probe, interaction=interaction, va=True, ta=True,
+                               block_size=2)
+    assert np.all(np.isfinite(np.asarray(s)))
+    for k in DIFF_KEYS:
+        assert np.all(np.isfinite(np.asarray(grads[k]))), k
+    if interaction == "ti":
+        np.testing.assert_array_equal(np.asarray(s)[:, 4], 0.0)
+        np.testing.assert_array_equal(np.asarray(s)[2, :], 0.0)
+
+
+def test_argument_validation():
+    x = make_inputs()
+    args = [x[k] for k in ("text_cls", "words", "word_weights", "word_mask", "frames",
+                           "frame_mask")]
+    with pytest.raises(ValueError, match="interaction must be one of"):
+        dmae_similarity(*args, interaction="cosine")
+    with pytest.raises(ValueError, match="word_logits"):
+        dmae_similarity(*args, interaction="wti")
+    with pytest.raises(ValueError, match="frame_mask"):
+        dmae_similarity(*args[:5], x["frame_mask"][:, :2])
+    with pytest.raises(ValueError, match="frames"):
+        dmae_similarity(*args[:4], x["frames"][..., :3], x["frame_mask"])
+    with pytest.raises(ValueError, match="word_weights"):
+        dmae_similarity(args[0], args[1], args[2][:, :2], *args[3:])
+    with pytest.raises(ValueError, match="block_size"):
+        dmae_similarity(*args, block_size=0)
+    with pytest.raises(ValueError, match="frame_logits"):
+        dmae_similarity(*args, interaction="att_wti", word_logits=x["word_logits"],
+                        frame_logits=x["word_logits"])
+
+
+@pytest.mark.parametrize("mlp", [False, True])
+def test_wti_heads(mlp):
+    x = make_inputs()
+    heads = WTIHeads(mlp=mlp)
+    params = heads.init(jax.random.key(0), x["words"], x["frames"])
+    word_logits, frame_logits = heads.apply(params, x["words"], x["frames"])
+    assert word_logits.shape == (B_T, L) and frame_logits.shape == (B_V, T)
+    names = set(params["params"])
+    expected = {"word_head", "frame_head"} | ({"word_head_hidden", "frame_head_hidden"}
+                                              if mlp else set())
+    assert names == expected
+    # Only the per-token logits enter: same features give the same logit.
+    head = jax.tree.map(np.asarray, params["params"]["word_head"])
+    if not mlp:
+        np.testing.assert_allclose(np.asarray(word_logits),
+                                   x["words"] @ head["kernel"][:, 0] + head["bias"],
+                                   rtol=1e-5, atol=1e-6)
+
+
+def _memory(b_v, b_t=32, num_words=16, num_frames=8, dim=8, block_size=16, grad=False):
+    x = jax.ShapeDtypeStruct
+    shapes = (x((b_t, dim), jnp.float32), x((b_t, num_words, dim), jnp.float32),
+              x((b_t, num_words), jnp.float32), x((b_t, num_words), bool),
+              x((b_v, num_frames, dim), jnp.float32), x((b_v, num_frames), bool))
+
+    def f(*args):
+        return dmae_similarity(*args, block_size=block_size)
+
+    if grad:
+        def g(*args):
+            return jax.grad(lambda w, fr: jnp.sum(f(args[0], w, *args[2:4], fr, args[5])),
+                            argnums=(0, 1))(args[1], args[4])
+        f_compiled = jax.jit(g).lower(*shapes).compile()
+    else:
+        f_compiled = jax.jit(f).lower(*shapes).compile()
+    full_grid = b_t * b_v * num_words * num_frames * 4
+    return f_compiled.memory_analysis(), full_grid, b_t * b_v * 4, b_v * num_frames * dim * 4
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_memory_is_bounded_by_the_block_loop(grad):
+    small, _, out_small, in_small = _memory(256, grad=grad)
+    large, full_grid, out_large, in_large = _memory(1024, grad=grad)
+    growth = large.temp_size_in_bytes - small.temp_size_in_bytes
+    # Forward: only output-sized buffers (stacked block results and their transpose) may grow.
+    # Gradient: also the frames' cotangent, an input-sized buffer.
+    allowed = 2 * (out_large - out_small) + (2 * (in_large - in_small) if grad else 0)
+    assert growth <= allowed, (growth, allowed)
+    # The full (B_t, B_v, L, T) float32 grid would be 16.8 MB; one block is 1/64 of it and
+    # the backward pass keeps a few block-sized buffers.
+    assert large.temp_size_in_bytes < full_grid / 8, (large.temp_size_in_bytes, full_grid)

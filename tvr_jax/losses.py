@@ -1,0 +1,146 @@
+"""NegNCE and the symmetric DMAE contrastive loss (method.md section 3).
+
+Layout, so that a row-sharded version can reuse the same arithmetic:
+
+* :func:`negnce_block_sums` is the whole numeric content: for any block of S whose queries lie
+  along its rows, given each query's log-normaliser over its *global* candidate set, it returns
+  the sums and counts of the positive and hard-negative terms. Blocks add up, so a sharded
+  caller computes its local block, ``psum``s the sums and counts and finishes with
+  :func:`negnce_from_sums`. Positives are identified by global ids, never by local position.
+* :func:`negnce_parts` / :func:`negnce_loss` / :func:`dmae_loss` are the single-device forms.
+
+Row-sharded S (each device holds rows ``ids`` of the global B x B matrix, all columns):
+  text->video: ``negnce_block_sums(S_rows, query_ids=ids, key_ids=arange(B), query_diag=diag[ids],
+  key_diag=diag, query_log_norm=logsumexp(S_rows / tau, axis=1))``;
+  video->text: ``negnce_block_sums(S_rows.T, query_ids=arange(B), key_ids=ids, query_diag=diag,
+  key_diag=diag[ids], query_log_norm=col_lse, query_rest=psum(negnce_query_rest(S_rows.T,
+  query_log_norm=col_lse)))``,
+  with ``diag`` the all-gathered global diagonal (B,) and ``col_lse`` the column logsumexp of
+  S / tau combined over devices. Both are checked against the single-device loss in
+  tests/test_losses.py.
+"""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+P_MIN, P_MAX = 1e-6, 1.0 - 1e-6  # clamp of P_ij (method.md 3)
+_LOG_P_MIN, _LOG_P_MAX = math.log(P_MIN), math.log1p(-P_MIN)
+
+
+def _check_temperature(temperature) -> None:
+    if isinstance(temperature, (int, float)) and not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+
+
+def _check_square(sim) -> None:
+    if sim.ndim != 2 or sim.shape[0] != sim.shape[1]:
+        raise ValueError("sim must be a square (B, B) similarity matrix with the matched pairs "
+                         f"on its diagonal, got shape {tuple(sim.shape)}")
+
+
+def negnce_query_rest(sim, *, query_log_norm, temperature=0.01):
+    """R_q = sum of P_qk over the candidates with P_qk <= 1/2 (method.md 3, numerics helper).
+
+    A row has at most one P_qk > 1/2; for it 1 - P_qk = R_q, which float32 gets right where
+    computing 1 - P_qk directly loses all digits as P_qk -> 1 (with tau = 0.01 the hard
+    negatives NegNCE targets are exactly these). Sums over blocks of candidates add up, so a
+    sharded caller psums the per-block values.
+    """
+    p = jnp.exp(sim / temperature - query_log_norm[:, None])
+    return jnp.sum(jnp.where(p > 0.5, 0.0, p), axis=1)
+
+
+def negnce_block_sums(sim, *, query_ids, key_ids, query_diag, key_diag, query_log_norm,
+                      query_rest=None, temperature=0.01, delta=0.0) -> dict:
+    """Per-block sums of the NegNCE terms of method.md section 3 (queries along rows).
+
+    sim (R, K): S_qk for R queries (global ids ``query_ids`` (R,)) and K candidates
+    (global ids ``key_ids`` (K,)); ``query_diag`` (R,) = S_qq, ``key_diag`` (K,) = S_kk;
+    ``query_log_norm`` (R,) = logsumexp_k'(S_qk' / tau) over the query's whole candidate set;
+    ``query_rest`` (R,) = :func:`negnce_query_rest` over the whole candidate set (None: computed
+    from this block, which must then hold complete rows).
+    P_qk = exp(S_qk / tau - query_log_norm) clamped to [1e-6, 1 - 1e-6] (the clamp is applied
+    to log P and to 1 - P, which is the same thing, with zero gradient outside).
+    H = {q != k and (S_qk - S_qq + delta > 0 or S_qk - S_kk + delta > 0)} is a stop-gradient set.
+    Returns dict(pos_sum = sum over positives of -log P, neg_sum = sum over H of -log(1 - P),
+    num_hard = |H| (float32)).
+    """
+    log_p = sim / temperature - query_log_norm[:, None]
+    p = jnp.exp(log_p)
+    if query_rest is None:
+        query_rest = negnce_query_rest(sim, query_log_norm=query_log_norm,
+                                       temperature=temperature)
+    one_minus_p = jnp.where(p > 0.5, query_rest[:, None], 1.0 - p)
+    neg_log_p = -jnp.clip(log_p, _LOG_P_MIN, _LOG_P_MAX)
+    neg_log_one_minus_p = -jnp.log(jnp.clip(one_minus_p, P_MIN, P_MAX))
+    is_pos = query_ids[:, None] == key_ids[None, :]
+    s = jax.lax.stop_gradient(sim)
+    q_diag = jax.lax.stop_gradient(query_diag)[:, None]
+    k_diag = jax.lax.stop_gradient(key_diag)[None, :]
+    hard = ~is_pos & ((s - q_diag + delta > 0) | (s - k_diag + delta > 0))
+    return dict(
+        pos_sum=jnp.sum(jnp.where(is_pos, neg_log_p, 0.0)),
+        neg_sum=jnp.sum(jnp.where(hard, neg_log_one_minus_p, 0.0)),
+        num_hard=jnp.sum(hard, dtype=jnp.float32),
+    )
+
+
+def negnce_from_sums(sums: dict, num_queries, *, lambda_pos=1.0, lambda_neg=0.5) -> dict:
+    """L_NegNCE of method.md section 3 from (global) sums: means over queries and over H.
+
+    Returns dict(loss, pos = mean_i -log P_ii, neg = mean_H -log(1 - P_ij) (0 if H is empty),
+    num_hard). With H empty the loss is lambda_pos * pos only.
+    """
+    pos = sums["pos_sum"] / num_queries
+    num_hard = sums["num_hard"]
+    neg = sums["neg_sum"] / jnp.maximum(num_hard, 1.0)
+    return dict(loss=lambda_pos * pos + lambda_neg * neg, pos=pos, neg=neg, num_hard=num_hard)
+
+
+def negnce_parts(sim, *, temperature=0.01, lambda_pos=1.0, lambda_neg=0.5, delta=0.0) -> dict:
+    """L_NegNCE(S) of method.md section 3, one direction (rows are queries), with its parts.
+
+    sim (B, B) with the matched pairs on the diagonal. Returns dict(loss, pos, neg, num_hard).
+    """
+    _check_square(sim)
+    _check_temperature(temperature)
+    sim = sim.astype(jnp.promote_types(sim.dtype, jnp.float32))
+    ids = jnp.arange(sim.shape[0])
+    diag = jnp.diagonal(sim)
+    sums = negnce_block_sums(
+        sim, query_ids=ids, key_ids=ids, query_diag=diag, key_diag=diag,
+        query_log_norm=jax.nn.logsumexp(sim / temperature, axis=1),
+        temperature=temperature, delta=delta)
+    return negnce_from_sums(sums, sim.shape[0], lambda_pos=lambda_pos, lambda_neg=lambda_neg)
+
+
+def negnce_loss(sim, *, temperature=0.01, lambda_pos=1.0, lambda_neg=0.5, delta=0.0):
+    """L_NegNCE(S) of method.md section 3 (rows are queries); scalar."""
+    return negnce_parts(sim, temperature=temperature, lambda_pos=lambda_pos,
+                        lambda_neg=lambda_neg, delta=delta)["loss"]
+
+
+def dmae_loss_and_parts(sim, *, temperature=0.01, lambda_pos=1.0, lambda_neg=0.5, delta=0.0):
+    """L_DMAE = 1/2 [L_NegNCE(S) + L_NegNCE(S^T)] of method.md section 3, with parts.
+
+    Returns (loss, parts) with parts = {loss, t2v_loss, t2v_pos, t2v_neg, t2v_num_hard,
+    v2t_loss, v2t_pos, v2t_neg, v2t_num_hard}. lambda_neg = 0 gives CLIP4Clip's symmetric
+    InfoNCE (exactly, as long as no P_ii reaches the clamp).
+    """
+    kw = dict(temperature=temperature, lambda_pos=lambda_pos, lambda_neg=lambda_neg, delta=delta)
+    t2v = negnce_parts(sim, **kw)
+    v2t = negnce_parts(sim.T, **kw)
+    loss = 0.5 * (t2v["loss"] + v2t["loss"])
+    parts = {"loss": loss}
+    for prefix, d in (("t2v", t2v), ("v2t", v2t)):
+        parts.update({f"{prefix}_{k}": v for k, v in d.items()})
+    return loss, parts
+
+
+def dmae_loss(sim, *, temperature=0.01, lambda_pos=1.0, lambda_neg=0.5, delta=0.0):
+    """L_DMAE = 1/2 [L_NegNCE(S) + L_NegNCE(S^T)] of method.md section 3; scalar."""
+    return dmae_loss_and_parts(sim, temperature=temperature, lambda_pos=lambda_pos,
+                               lambda_neg=lambda_neg, delta=delta)[0]
