@@ -11,7 +11,9 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from tvr_jax import losses, similarity, tpm
+from jax.sharding import Mesh, PartitionSpec as P
+
+from tvr_jax import losses, similarity, sharding, tpm
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,29 +61,86 @@ def similarity_matrix(text: dict, video: dict, interaction: str, cfg: LossConfig
         frame_logits=video.get("frame_logits"))
 
 
+def _lambdas(cfg: LossConfig) -> dict:
+    return dict(lambda_pos=cfg.lambda_pos, lambda_neg=cfg.lambda_neg)
+
+
+def _tpm_term(features: dict, cfg: LossConfig) -> tuple[jax.Array, dict]:
+    if "word_tpm_weights" not in features:
+        raise ValueError("lambda_tpm > 0 needs the TPM-CL weight predictors: build the model with tpm=True")
+    l_tpm, tparts = tpm.tpm_loss(
+        features["t_cls"], features["words"], features["word_mask"], features["word_tpm_weights"],
+        features["visual"], features["visual_mask"], features["visual_masked"], features["visual_mask"],
+        partial_type=cfg.partial_type, margin=cfg.margin, rho=cfg.rho,
+        normalize_masked_text=cfg.normalize_masked_text, visual_marked=features["visual_marked"])
+    return l_tpm, {"tpm": l_tpm, **{k: v for k, v in tparts.items() if k != "loss"}}
+
+
+def _combine(dmae_parts: dict, tpm_parts: dict | None, cfg: LossConfig) -> tuple[jax.Array, dict]:
+    parts = {**dmae_parts, **(tpm_parts or {})}
+    loss = parts["dmae"] + (cfg.lambda_tpm * parts["tpm"] if tpm_parts else 0.0)
+    parts["loss"] = loss
+    return loss, jax.tree.map(jnp.asarray, parts)
+
+
 def total_loss(features: dict, interaction: str, cfg: LossConfig) -> tuple[jax.Array, dict]:
-    """L = L_DMAE(S) + lambda_tpm * L_TPM (4.4) and its logged parts.
+    """L = L_DMAE(S) + lambda_tpm * L_TPM (4.4) and its logged parts, on one device.
 
     Parts: loss, dmae (+ t2v/v2t pos, neg and num_hard), and with TPM-CL tpm, l1/l2/l3,
     text_masked_frac, visual_masked_frac.
     """
     sim = similarity_matrix(features, features, interaction, cfg)
-    dmae, dparts = losses.dmae_loss_and_parts(sim, temperature=cfg.temperature, lambda_pos=cfg.lambda_pos,
-                                              lambda_neg=cfg.lambda_neg, delta=cfg.delta)
-    parts = {"dmae": dmae, **{k: v for k, v in dparts.items() if k != "loss"}}
-    loss = dmae
-    if cfg.lambda_tpm > 0:
-        if "word_tpm_weights" not in features:
-            raise ValueError("lambda_tpm > 0 needs the TPM-CL weight predictors: build the model with tpm=True")
-        l_tpm, tparts = tpm.tpm_loss(
-            features["t_cls"], features["words"], features["word_mask"], features["word_tpm_weights"],
-            features["visual"], features["visual_mask"], features["visual_masked"], features["visual_mask"],
-            partial_type=cfg.partial_type, margin=cfg.margin, rho=cfg.rho,
-            normalize_masked_text=cfg.normalize_masked_text, visual_marked=features["visual_marked"])
-        parts.update({"tpm": l_tpm, **{k: v for k, v in tparts.items() if k != "loss"}})
-        loss = loss + cfg.lambda_tpm * l_tpm
-    parts["loss"] = loss
-    return loss, jax.tree.map(jnp.asarray, parts)
+    dmae, dparts = losses.dmae_loss_and_parts(sim, temperature=cfg.temperature, delta=cfg.delta, **_lambdas(cfg))
+    dmae_parts = {"dmae": dmae, **{k: v for k, v in dparts.items() if k != "loss"}}
+    tpm_parts = _tpm_term(features, cfg)[1] if cfg.lambda_tpm > 0 else None
+    return _combine(dmae_parts, tpm_parts, cfg)
+
+
+_VIDEO_KEYS = ("frames", "frame_mask", "frame_logits")
+
+
+def sharded_total_loss(features: dict, interaction: str, cfg: LossConfig, mesh: Mesh) -> tuple[jax.Array, dict]:
+    """`total_loss` of the global batch, with the batch split over the mesh's batch axes.
+
+    Each device scores its own texts against every video of the global batch (video features
+    all-gathered), so S is sharded by rows and no device holds more than (B/n) x B of it. The
+    text->video NegNCE has whole rows locally; the video->text direction normalises each column
+    across devices (a max, then a sum of exponentials, psum'd). Positives are found by global
+    index, and all sums and counts are psum'd before the means: the loss and its gradients are
+    those of the global batch whatever the number of devices. TPM-CL is per matched pair, so its
+    local means are averaged (shards are equal-sized).
+    """
+    axes = sharding.batch_axes(mesh)
+
+    def local(feats):
+        shard = jax.lax.axis_index(axes)
+        video = {k: jax.lax.all_gather(feats[k], axes, tiled=True) for k in _VIDEO_KEYS if k in feats}
+        sim = similarity_matrix(feats, video, interaction, cfg)  # (b, B): local texts x all videos
+        b, total = sim.shape
+        row_ids = shard * b + jnp.arange(b)
+        col_ids = jnp.arange(total)
+        diag_local = sim[jnp.arange(b), row_ids]
+        diag = jax.lax.all_gather(diag_local, axes, tiled=True)
+        scaled = sim / cfg.temperature
+        kw = dict(temperature=cfg.temperature, delta=cfg.delta)
+        t2v = losses.negnce_block_sums(sim, query_ids=row_ids, key_ids=col_ids, query_diag=diag_local,
+                                       key_diag=diag, query_log_norm=jax.nn.logsumexp(scaled, axis=1), **kw)
+        # Column log-normaliser over all texts: the max only stabilises, so it carries no gradient.
+        col_max = jax.lax.pmax(jax.lax.stop_gradient(scaled.max(axis=0)), axes)
+        col_lse = col_max + jnp.log(jax.lax.psum(jnp.exp(scaled - col_max).sum(axis=0), axes))
+        rest = jax.lax.psum(losses.negnce_query_rest(sim.T, query_log_norm=col_lse, temperature=cfg.temperature), axes)
+        v2t = losses.negnce_block_sums(sim.T, query_ids=col_ids, key_ids=row_ids, query_diag=diag,
+                                       key_diag=diag_local, query_log_norm=col_lse, query_rest=rest, **kw)
+        dmae_parts = {}
+        for name, sums in (("t2v", t2v), ("v2t", v2t)):
+            d = losses.negnce_from_sums(jax.lax.psum(sums, axes), total, **_lambdas(cfg))
+            dmae_parts.update({f"{name}_{k}": v for k, v in d.items()})
+        dmae_parts["dmae"] = 0.5 * (dmae_parts["t2v_loss"] + dmae_parts["v2t_loss"])
+        tpm_parts = jax.lax.pmean(_tpm_term(feats, cfg)[1], axes) if cfg.lambda_tpm > 0 else None
+        return _combine(dmae_parts, tpm_parts, cfg)
+
+    spec = jax.tree.map(lambda _: P(axes), features)
+    return jax.shard_map(local, mesh=mesh, in_specs=(spec,), out_specs=P())(features)
 
 
 def model_loss(model, params: dict, batch: tuple, cfg: LossConfig) -> tuple[jax.Array, dict]:
