@@ -15,3 +15,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import jax  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+
+# Many tests compile the same tiny programs (a train run restarted, the same step on several
+# meshes): a per-session persistent compilation cache turns repeats into cache hits.
+import atexit  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
+_cache_dir = tempfile.mkdtemp(prefix="tvr-jax-xla-cache-")
+atexit.register(shutil.rmtree, _cache_dir, ignore_errors=True)
+jax.config.update("jax_compilation_cache_dir", _cache_dir)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)

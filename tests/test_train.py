@@ -1,0 +1,170 @@
+"""Training: the sharded step equals the single-device step, gradient caching equals the plain
+step, shardings are as intended, a killed run resumes exactly, a non-finite loss stops the run."""
+
+import json
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from configs.base import base_config  # noqa: E402
+from tvr_jax import sharding, train  # noqa: E402
+from tvr_jax.optim import make_optimizer, weight_decay_mask  # noqa: E402
+
+B, T, L = 8, 3, 8
+
+
+def tiny_config(**overrides):
+    cfg = base_config()
+    cfg.model.clip_preset = "tiny"
+    cfg.model.max_frames, cfg.model.max_words = T, L
+    cfg.model.temporal_layers = 1
+    cfg.global_batch_size = B
+    cfg.total_steps, cfg.log_every, cfg.checkpoint_every = 6, 2, 3
+    cfg.loss.block_size = 4
+    cfg.optim.learning_rate = 1e-3
+    cfg.optim.clip_lr_coef = 1.0
+    for k, v in overrides.items():
+        node = cfg
+        *parents, leaf = k.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = v
+    return cfg
+
+
+def random_batch(position: int, size: int = 32):
+    rng = np.random.default_rng(position)
+    ids = np.zeros((B, L), np.int32)
+    for i in range(B):
+        n = rng.integers(3, L + 1)
+        ids[i, 0], ids[i, 1 : n - 1], ids[i, n - 1] = 49406, rng.integers(300, 40000, n - 2), 49407
+    return dict(
+        video=rng.normal(size=(B, T, size, size, 3)).astype(np.float32),
+        video_mask=np.arange(T)[None] < rng.integers(1, T + 1, B)[:, None],
+        text_ids=ids, text_mask=ids > 0,
+        word_weights=((ids > 0) * rng.integers(1, 3, (B, L))).astype(np.float32),
+    )
+
+
+def make_batches(data_state):
+    """A restartable stream: batch n is a pure function of n; the state is the position."""
+    position = {"n": 0 if data_state is None else data_state["position"]}
+
+    def gen():
+        while True:
+            n = position["n"]
+            position["n"] += 1  # counted when handed out: the state is the next batch to give
+            yield random_batch(n)
+
+    return gen(), lambda: {"position": position["n"]}
+
+
+def _mesh(n, fsdp=1):
+    return sharding.make_mesh((n // fsdp, fsdp), jax.devices()[:n])
+
+
+def _step_outputs(cfg, mesh, batch, with_step=False):
+    model, _ = train.build_model(cfg)
+    optimizer = make_optimizer(cfg.optim, cfg.total_steps)
+    state, shardings = train.create_train_state(cfg, model, optimizer, mesh)
+    batch = jax.device_put(batch, sharding.batch_sharding(mesh))
+    grads_fn = jax.jit(train.make_loss_and_grads(model, train.loss_config(cfg), mesh, cfg.accumulation_steps))
+    (loss, parts), grads = grads_fn(state.params, batch)
+    out = dict(loss=float(loss), parts=jax.device_get(parts), grads=jax.device_get(grads), state=state)
+    if with_step:
+        step = train.make_train_step(model, train.loss_config(cfg), optimizer, mesh, shardings, cfg.accumulation_steps)
+        out["state"], _ = step(state, batch)
+        out["params1"] = jax.device_get(out["state"].params)
+    return out
+
+
+def _assert_tree_close(a, b, rtol):
+    """Leaf by leaf, relative to the leaf's scale, but never finer than 1e-3 of the whole tree's:
+    some gradients are exactly zero in exact arithmetic (attention key biases: softmax ignores a
+    per-row constant) and hold only float32 noise, different for every device layout."""
+    tree_scale = max(float(np.abs(y).max()) for y in jax.tree.leaves(b))
+
+    def check(path, x, y):
+        scale = max(float(np.abs(y).max()), 1e-3 * tree_scale)
+        np.testing.assert_allclose(x, y, rtol=rtol, atol=rtol * scale, err_msg=jax.tree_util.keystr(path))
+    jax.tree_util.tree_map_with_path(check, a, b)
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return _step_outputs(tiny_config(), _mesh(1), random_batch(0), with_step=True)
+
+
+@pytest.mark.parametrize("devices,fsdp,accumulation", [(2, 1, 1), (8, 1, 1), (8, 2, 1), (1, 1, 2), (4, 1, 2)])
+def test_loss_and_gradients_equal_single_device(reference, devices, fsdp, accumulation):
+    out = _step_outputs(tiny_config(accumulation_steps=accumulation), _mesh(devices, fsdp), random_batch(0))
+    np.testing.assert_allclose(out["loss"], reference["loss"], rtol=1e-5)
+    assert float(reference["parts"]["t2v_num_hard"]) == float(out["parts"]["t2v_num_hard"])
+    _assert_tree_close(out["grads"], reference["grads"], 1e-5 if accumulation == 1 else 2e-5)
+
+
+def test_fsdp_step_equals_single_device_and_keeps_shardings(reference):
+    out = _step_outputs(tiny_config(), _mesh(8, 2), random_batch(0), with_step=True)
+    _assert_tree_close(out["params1"], reference["params1"], 1e-5)
+    emb = out["state"].params["clip"]["text"]["token_embedding"]["embedding"]
+    assert emb.sharding.spec == jax.sharding.PartitionSpec("fsdp")  # (49408, 64): vocab axis split
+    nu_leaves = [x for x in jax.tree.leaves(out["state"].opt_state) if getattr(x, "shape", ()) == emb.shape]
+    assert nu_leaves and all(x.sharding.spec == jax.sharding.PartitionSpec("fsdp") for x in nu_leaves)
+    bias = out["state"].params["clip"]["visual"]["ln_pre"]["bias"]
+    assert bias.sharding.is_fully_replicated
+
+
+def test_weight_decay_mask():
+    params = {"clip": {"visual": {"conv1": {"kernel": 1}, "ln_pre": {"scale": 1, "bias": 1}, "proj": 1,
+                                  "class_embedding": 1, "positional_embedding": 1},
+                       "text": {"token_embedding": {"embedding": 1}, "text_projection": 1}, "logit_scale": 1},
+              "frame_position_embeddings": 1, "word_weight_predictor": {"fc1": {"kernel": 1}, "norm": {"scale": 1}}}
+    mask = weight_decay_mask(params)
+    decayed = {jax.tree_util.keystr(p) for p, v in jax.tree_util.tree_leaves_with_path(mask) if v}
+    assert decayed == {"['clip']['visual']['conv1']['kernel']", "['clip']['visual']['proj']",
+                       "['clip']['text']['text_projection']", "['word_weight_predictor']['fc1']['kernel']"}
+
+
+def _read_metrics(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_killed_run_resumes_exactly(tmp_path):
+    cfg = tiny_config()
+    mesh = _mesh(2)
+    full = train.train(cfg, str(tmp_path / "full"), make_batches, mesh=mesh)
+    train.train(cfg, str(tmp_path / "killed"), make_batches, mesh=mesh, stop_after=4)  # killed after step 4
+    assert [m["step"] for m in _read_metrics(tmp_path / "killed")] == [2, 4]
+    resumed = train.train(cfg, str(tmp_path / "killed"), make_batches, mesh=mesh)
+    _assert_tree_close(jax.device_get(resumed.params), jax.device_get(full.params), 1e-6)
+    a, b = _read_metrics(tmp_path / "full"), _read_metrics(tmp_path / "killed")
+    assert [m["step"] for m in a] == [m["step"] for m in b] == [2, 4, 6]
+    for x, y in zip(a, b):
+        np.testing.assert_allclose(x["loss"], y["loss"], rtol=1e-6)
+        assert {"step", "loss", "dmae", "tpm", "grad_norm", "clips_per_s"} <= set(x)
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    cfg = tiny_config()
+
+    def poisoned(data_state):
+        batches, get_state = make_batches(data_state)
+
+        def gen():
+            for batch in batches:
+                if get_state()["position"] == 5:  # the 5th batch carries a NaN frame
+                    batch["video"][0, 0, 0, 0, 0] = np.nan
+                yield batch
+        return gen(), get_state
+
+    with pytest.raises(train.NonFiniteLoss, match=r"non-finite .*loss.* at step 5"):
+        train.train(cfg, str(tmp_path), poisoned, mesh=_mesh(1))
+    manager = train.checkpoint_manager(str(tmp_path), 2)
+    assert manager.latest_step() == 3  # the step-3 checkpoint; nothing after the bad step was saved
+    manager.close()

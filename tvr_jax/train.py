@@ -1,0 +1,342 @@
+"""Training: sharded state, the train step, checkpoints with exact resume, logs, the loop.
+
+Everything numeric is a jitted pure function of (state, batch); the loop around it only moves
+batches in, logs and checkpoints. Sections:
+  1. model and state    2. the train step    3. checkpoints    4. logs    5. the loop
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import time
+from typing import Any, Callable, Iterator
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from tvr_jax import clip as clip_api
+from tvr_jax import sharding
+from tvr_jax.models.clip import PRESETS
+from tvr_jax.models.retrieval import RetrievalConfig, RetrievalModel, init_from_clip
+from tvr_jax.objective import LossConfig, sharded_total_loss
+from tvr_jax.optim import make_optimizer
+
+log = logging.getLogger("tvr_jax.train")
+BATCH_KEYS = ("video", "video_mask", "text_ids", "text_mask", "word_weights")
+
+
+# ==============================================================================================
+# 1. Model and state
+# ==============================================================================================
+class TrainState(flax.struct.PyTreeNode):
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    # First step whose loss was non-finite (-1: none) and a bitmask of the parts that were; the
+    # update of such a step is skipped, so the state stays the last good one.
+    bad_step: jax.Array
+    bad_parts: jax.Array
+
+
+def build_model(cfg) -> tuple[RetrievalModel, dict | None]:
+    """The model of `cfg.model`, and CLIP parameters when `cfg.init_checkpoint` is set."""
+    m = cfg.model
+    compute = dict(dtype=m.dtype, remat=m.remat, scan_layers=m.scan_layers)
+    clip_params = None
+    if cfg.init_checkpoint:
+        clip_model, clip_params = clip_api.load(cfg.init_checkpoint, **compute)
+        clip_cfg = clip_model.config
+    else:
+        if m.clip_preset not in PRESETS:
+            raise ValueError(f"model.clip_preset={m.clip_preset!r} (allowed: {sorted(PRESETS)})")
+        clip_cfg = PRESETS[m.clip_preset].replace(**compute)
+    rcfg = RetrievalConfig(clip=clip_cfg, max_frames=m.max_frames, max_words=m.max_words, temporal=m.temporal,
+                           temporal_layers=m.temporal_layers, patch_tokens=m.patch_tokens,
+                           interaction=m.interaction, wti_mlp=m.wti_mlp, tpm=m.tpm)
+    return RetrievalModel(rcfg), clip_params
+
+
+def loss_config(cfg) -> LossConfig:
+    return LossConfig(**cfg.loss.to_dict())
+
+
+def _fsdp_spec(shape: tuple[int, ...], fsdp: int) -> P:
+    """Shard a parameter's largest dimension divisible by the fsdp size; small ones replicate."""
+    if fsdp == 1 or math.prod(shape) < 2**14:
+        return P()
+    dims = sorted(range(len(shape)), key=lambda d: -shape[d])
+    for d in dims:
+        if shape[d] % fsdp == 0:
+            return P(*([None] * d + ["fsdp"]))
+    return P()
+
+
+def state_shardings(abstract_state: TrainState, mesh: Mesh) -> TrainState:
+    fsdp = mesh.shape.get("fsdp", 1)
+    return jax.tree.map(lambda x: NamedSharding(mesh, _fsdp_spec(tuple(x.shape), fsdp)), abstract_state)
+
+
+def create_train_state(cfg, model: RetrievalModel, optimizer: optax.GradientTransformation, mesh: Mesh,
+                       clip_params: dict | None = None) -> tuple[TrainState, TrainState]:
+    """(state, its shardings): parameters created already sharded (`jax.jit(init, out_shardings)`)."""
+
+    def init(rng):
+        params = model.init(rng, *model.dummy_batch(1))["params"]
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
+                          bad_step=jnp.full((), -1, jnp.int32), bad_parts=jnp.zeros((), jnp.int32))
+
+    rng = jax.random.PRNGKey(cfg.seed)
+    shardings = state_shardings(jax.eval_shape(init, rng), mesh)
+    state = jax.jit(init, out_shardings=shardings)(rng)
+    if clip_params is not None:
+        params = init_from_clip(model.config, jax.device_get(state.params), clip_params)
+        params = jax.device_put(params, shardings.params)
+        state = state.replace(params=params, opt_state=jax.jit(optimizer.init, out_shardings=shardings.opt_state)(params))
+    return state, shardings
+
+
+# ==============================================================================================
+# 2. The train step
+# ==============================================================================================
+def _split_features(features: dict) -> tuple[dict, dict]:
+    """Float features (differentiable) and the rest (masks, indices)."""
+    floats = {k: v for k, v in features.items() if jnp.issubdtype(v.dtype, jnp.floating)}
+    return floats, {k: v for k, v in features.items() if k not in floats}
+
+
+def make_loss_and_grads(model: RetrievalModel, lcfg: LossConfig, mesh: Mesh, accumulation_steps: int) -> Callable:
+    """(params, batch) -> ((loss, parts), grads) of the global batch.
+
+    With accumulation_steps = k > 1 the batch runs as k micro-batches by gradient caching: all
+    features are computed first (no gradient), the loss and its gradient with respect to the
+    features are taken over the whole global batch, then each micro-batch's forward pass is
+    re-run and back-propagated with its slice of those feature gradients. Every example still
+    sees every other as a negative, so the result equals the k = 1 step; memory holds one
+    micro-batch of activations, at the price of a second forward pass.
+    """
+    n_shards = sharding.num_batch_shards(mesh)
+    batch_spec = NamedSharding(mesh, P(sharding.batch_axes(mesh)))
+    forward = lambda params, batch: model.apply({"params": params}, *(batch[k] for k in BATCH_KEYS), rho=lcfg.rho,
+                                                straight_through=lcfg.visual_mask_straight_through)
+    loss_of_features = lambda feats: sharded_total_loss(feats, model.config.interaction, lcfg, mesh)
+
+    if accumulation_steps == 1:
+        return jax.value_and_grad(lambda p, b: loss_of_features(forward(p, b)), has_aux=True)
+
+    k = accumulation_steps
+
+    def to_micro(x):  # (B, ...) -> (k, B/k, ...), every micro-batch spread over every shard
+        x = x.reshape(n_shards, k, -1, *x.shape[1:]).swapaxes(0, 1)
+        return jax.lax.with_sharding_constraint(x.reshape(k, -1, *x.shape[3:]), NamedSharding(mesh, P(None, sharding.batch_axes(mesh))))
+
+    def from_micro(x):  # (k, B/k, ...) -> (B, ...) in shard-major order (a permutation of the pairs)
+        x = x.reshape(k, n_shards, -1, *x.shape[2:]).swapaxes(0, 1)
+        return jax.lax.with_sharding_constraint(x.reshape(-1, *x.shape[3:]), batch_spec)
+
+    def loss_and_grads(params, batch):
+        micro = jax.tree.map(to_micro, batch)
+        feats = jax.lax.map(lambda mb: forward(params, mb), micro)
+        floats, rest = _split_features(jax.tree.map(from_micro, feats))
+        (loss, parts), feat_grads = jax.value_and_grad(lambda fl: loss_of_features({**fl, **rest}), has_aux=True)(floats)
+        feat_grads = jax.tree.map(to_micro, feat_grads)
+
+        def accumulate(grads, xs):
+            mb, cotangent = xs
+            _, vjp, _ = jax.vjp(lambda p: _split_features(forward(p, mb)), params, has_aux=True)
+            return jax.tree.map(jnp.add, grads, vjp(cotangent)[0]), None
+
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        grads, _ = jax.lax.scan(accumulate, zeros, (micro, feat_grads))
+        return (loss, parts), grads
+
+    return loss_and_grads
+
+
+def make_train_step(model: RetrievalModel, lcfg: LossConfig, optimizer: optax.GradientTransformation, mesh: Mesh,
+                    shardings: TrainState, accumulation_steps: int = 1) -> Callable:
+    """jit((state, batch) -> (state, metrics)); batch leaves sharded over the batch axes."""
+    loss_and_grads = make_loss_and_grads(model, lcfg, mesh, accumulation_steps)
+
+    def step(state: TrainState, batch: dict):
+        (loss, parts), grads = loss_and_grads(state.params, batch)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {**parts, "grad_norm": optax.tree.norm(grads)}
+        bad = jnp.stack([~jnp.isfinite(metrics[n]) for n in sorted(metrics)])
+        is_bad = jnp.any(bad)
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(is_bad, b, a), new, old)
+        first_bad = (state.bad_step < 0) & is_bad
+        new_state = TrainState(
+            step=state.step + 1, params=keep(params, state.params), opt_state=keep(opt_state, state.opt_state),
+            bad_step=jnp.where(first_bad, state.step, state.bad_step),
+            bad_parts=jnp.where(first_bad, jnp.sum(bad * (2 ** jnp.arange(len(metrics)))), state.bad_parts))
+        return new_state, metrics
+
+    batch_sharding = sharding.batch_sharding(mesh)
+    return jax.jit(step, in_shardings=(shardings, batch_sharding), out_shardings=(shardings, sharding.replicated(mesh)),
+                   donate_argnums=(0,))
+
+
+# ==============================================================================================
+# 3. Checkpoints (orbax): state + input position, atomic, keep-N, resumable
+# ==============================================================================================
+def checkpoint_manager(workdir: str, keep: int):
+    import orbax.checkpoint as ocp
+
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=True)
+    return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")), options=options,
+                                 item_names=("state", "data"))
+
+
+def save_checkpoint(manager, state: TrainState, data_state: dict) -> None:
+    import orbax.checkpoint as ocp
+
+    manager.save(int(jax.device_get(state.step)),
+                 args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)))
+
+
+def restore_checkpoint(manager, state: TrainState, shardings: TrainState, step: int | None = None):
+    """(state, data_state) of `step` (default newest), restored onto `shardings`."""
+    import orbax.checkpoint as ocp
+
+    step = manager.latest_step() if step is None else step
+    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
+    out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()))
+    return out["state"], out["data"]
+
+
+# ==============================================================================================
+# 4. Logs: console, metrics.jsonl, TensorBoard
+# ==============================================================================================
+class MetricLogger:
+    """One JSON object per logged step in WORKDIR/metrics.jsonl (appended, flushed), TensorBoard
+    scalars in WORKDIR/tensorboard, and a console line."""
+
+    def __init__(self, workdir: str, resume_step: int):
+        os.makedirs(workdir, exist_ok=True)
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        _truncate_jsonl(self.path, resume_step)  # a restart from step s drops lines logged after s
+        self._file = open(self.path, "a")
+        self._tb = None
+        try:
+            import tensorflow as tf
+
+            self._tb = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+        except Exception as e:  # TensorBoard is a convenience: the jsonl is the record
+            log.warning("TensorBoard logging off: %s", e)
+
+    def write(self, step: int, metrics: dict[str, float]) -> None:
+        record = {"step": step, **metrics}
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            import tensorflow as tf
+
+            with self._tb.as_default(step=step):
+                for k, v in metrics.items():
+                    tf.summary.scalar(k, v)
+            self._tb.flush()
+
+    def close(self) -> None:
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def _truncate_jsonl(path: str, last_step: int) -> None:
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        keep = [line for line in f if line.strip() and json.loads(line)["step"] <= last_step]
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.writelines(keep)
+    os.replace(tmp, path)
+
+
+# ==============================================================================================
+# 5. The loop
+# ==============================================================================================
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def train(cfg, workdir: str, make_batches: Callable[[dict | None], tuple[Iterator[dict], Callable[[], dict]]],
+          *, mesh: Mesh | None = None, stop_after: int | None = None) -> TrainState:
+    """Train `cfg` in `workdir`, resuming from its newest checkpoint.
+
+    make_batches(data_state or None) -> (iterator of global numpy batches, get_data_state): the
+    input pipeline, restartable from a saved position. `stop_after` ends the run early after that
+    many steps of this invocation (tests use it to simulate a kill); SIGTERM saves and exits.
+    """
+    mesh = mesh or sharding.make_mesh(tuple(cfg.mesh_shape))
+    if cfg.global_batch_size % (sharding.num_batch_shards(mesh) * cfg.accumulation_steps):
+        raise ValueError(f"global_batch_size={cfg.global_batch_size} must be divisible by the batch shards "
+                         f"({sharding.num_batch_shards(mesh)}) x accumulation_steps ({cfg.accumulation_steps})")
+    model, clip_params = build_model(cfg)
+    lcfg = loss_config(cfg)
+    optimizer = make_optimizer(cfg.optim, cfg.total_steps)
+    state, shardings = create_train_state(cfg, model, optimizer, mesh, clip_params)
+    manager = checkpoint_manager(workdir, cfg.keep_checkpoints)
+    data_state = None
+    if manager.latest_step() is not None:
+        state, data_state = restore_checkpoint(manager, state, shardings)
+        log.info("resumed from step %d", int(state.step))
+    step_fn = make_train_step(model, lcfg, optimizer, mesh, shardings, cfg.accumulation_steps)
+    batches, get_data_state = make_batches(data_state)
+    start = int(jax.device_get(state.step))
+    logger = MetricLogger(workdir, start)
+    stop = {"signal": None}
+    previous = signal.signal(signal.SIGTERM, lambda signum, _: stop.update(signal=signum))
+    batch_sharding = sharding.batch_sharding(mesh)
+    clips = 0
+    t_last = time.perf_counter()
+    try:
+        for done, step in enumerate(range(start, cfg.total_steps)):
+            batch = next(batches)
+            batch = jax.device_put({k: batch[k] for k in BATCH_KEYS}, batch_sharding)
+            state, metrics = step_fn(state, batch)
+            names = sorted(metrics)  # the order of the non-finite bitmask
+            clips += cfg.global_batch_size
+            last = step + 1 == cfg.total_steps or (stop_after is not None and done + 1 >= stop_after)
+            if (step + 1) % cfg.log_every == 0 or last or stop["signal"]:
+                metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                _check_finite(state, names)
+                now = time.perf_counter()
+                metrics["clips_per_s"] = clips / (now - t_last)
+                clips, t_last = 0, now
+                logger.write(step + 1, metrics)
+                eta = (cfg.total_steps - step - 1) * cfg.global_batch_size / max(metrics["clips_per_s"], 1e-9)
+                log.info("step %d/%d loss %.4f (dmae %.4f%s) %.1f clips/s ETA %.0fs", step + 1, cfg.total_steps,
+                         metrics["loss"], metrics["dmae"], f", tpm {metrics['tpm']:.4f}" if "tpm" in metrics else "",
+                         metrics["clips_per_s"], eta)
+            if (step + 1) % cfg.checkpoint_every == 0 or last or stop["signal"]:
+                _check_finite(state, names)
+                save_checkpoint(manager, state, get_data_state())
+            if last or stop["signal"]:
+                break
+    finally:
+        manager.wait_until_finished()
+        manager.close()
+        logger.close()
+        signal.signal(signal.SIGTERM, previous)
+    return state
+
+
+def _check_finite(state: TrainState, metric_names: list[str]) -> None:
+    """Stop on the first non-finite step: name the step and the loss parts that were non-finite."""
+    bad_step = int(jax.device_get(state.bad_step))
+    if bad_step >= 0:
+        mask = int(jax.device_get(state.bad_parts))
+        names = [n for i, n in enumerate(metric_names) if mask >> i & 1] or [f"bitmask {mask}"]
+        raise NonFiniteLoss(
+            f"non-finite {', '.join(names)} at step {bad_step + 1}; that update was skipped and the last good "
+            "checkpoint is intact. Lower the learning rate, check the data (prepare_report.json) or use float32 compute.")
