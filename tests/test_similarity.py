@@ -270,12 +270,11 @@ def test_wti_heads(mlp):
     params = heads.init(jax.random.key(0), x["words"], x["frames"])
     word_logits, frame_logits = heads.apply(params, x["words"], x["frames"])
     assert word_logits.shape == (B_T, L) and frame_logits.shape == (B_V, T)
-    names = set(params["params"])
-    expected = {"word_head", "frame_head"} | ({"word_head_hidden", "frame_head_hidden"}
-                                              if mlp else set())
-    assert names == expected
+    assert set(params["params"]) == {"word_head", "frame_head"}
+    expected = {"hidden", "out"} if mlp else {"out"}
+    assert set(params["params"]["word_head"]) == set(params["params"]["frame_head"]) == expected
     # Only the per-token logits enter: same features give the same logit.
-    head = jax.tree.map(np.asarray, params["params"]["word_head"])
+    head = jax.tree.map(np.asarray, params["params"]["word_head"]["out"])
     if not mlp:
         np.testing.assert_allclose(np.asarray(word_logits),
                                    x["words"] @ head["kernel"][:, 0] + head["bias"],

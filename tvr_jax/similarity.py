@@ -187,24 +187,36 @@ def dmae_similarity(text_cls, words, word_weights, word_mask, frames, frame_mask
     return out[:, :num_videos]
 
 
-class WTIHeads(nn.Module):
-    """Token-weight heads g_t, g_v of the 'wti' interaction (method.md 2.3, DRL).
+class TokenLogitHead(nn.Module):
+    """g of the 'wti' interaction for one modality: per-token logit (B, N, D) -> (B, N).
 
     ``mlp=False``: Linear(D -> 1); ``mlp=True``: Linear(D -> D), ReLU, Linear(D -> 1).
-    Returns (word_logits (B, L), frame_logits (B, T)); masking and softmax happen inside
-    :func:`dmae_similarity`.
     """
 
     mlp: bool = False
 
-    def _head(self, x, name):
-        if self.mlp:
-            x = nn.relu(nn.Dense(x.shape[-1], name=f"{name}_hidden")(x))
-        return nn.Dense(1, name=name)(x)[..., 0]
-
     @nn.compact
+    def __call__(self, x):
+        if x.ndim != 3:
+            raise ValueError(f"token features must have shape (B, N, D), got {tuple(x.shape)}")
+        if self.mlp:
+            x = nn.relu(nn.Dense(x.shape[-1], name="hidden")(x))
+        return nn.Dense(1, name="out")(x)[..., 0]
+
+
+class WTIHeads(nn.Module):
+    """Token-weight heads g_t, g_v of the 'wti' interaction (method.md 2.3, DRL).
+
+    Returns (word_logits (B, L), frame_logits (B, T)); masking and softmax happen inside
+    :func:`dmae_similarity`. Each head depends on its own modality only, so evaluation can
+    compute text and video logits separately (`word_head`, `frame_head`).
+    """
+
+    mlp: bool = False
+
+    def setup(self):
+        self.word_head = TokenLogitHead(self.mlp)
+        self.frame_head = TokenLogitHead(self.mlp)
+
     def __call__(self, words, frames):
-        if words.ndim != 3 or frames.ndim != 3:
-            raise ValueError("WTIHeads expects words (B, L, D) and frames (B, T, D), got "
-                             f"{tuple(words.shape)} and {tuple(frames.shape)}")
-        return self._head(words, "word_head"), self._head(frames, "frame_head")
+        return self.word_head(words), self.frame_head(frames)

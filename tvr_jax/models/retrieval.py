@@ -151,8 +151,11 @@ class RetrievalModel(nn.Module):
         t_cls = jnp.take_along_axis(tokens, eot[:, None, None], axis=1)[:, 0]
         pos = jnp.arange(text_ids.shape[-1])
         word_mask = jnp.asarray(text_mask, bool) & (pos > 0) & (pos < eot[:, None])
-        return dict(t_cls=l2_normalise(t_cls), words=l2_normalise(tokens), word_mask=word_mask,
-                    word_weights=jnp.where(word_mask, jnp.asarray(word_weights, jnp.float32), 0.0))
+        out = dict(t_cls=l2_normalise(t_cls), words=l2_normalise(tokens), word_mask=word_mask,
+                   word_weights=jnp.where(word_mask, jnp.asarray(word_weights, jnp.float32), 0.0))
+        if cfg.uses_wti_heads:
+            out["word_logits"] = self.wti_heads.word_head(out["words"])
+        return out
 
     # -- video ------------------------------------------------------------------------------
     def visual_tokens(self, video, video_mask):
@@ -184,11 +187,11 @@ class RetrievalModel(nn.Module):
         pre, visual_mask = self.visual_tokens(video, video_mask)
         visual = self.temporal(pre, visual_mask)
         frames = visual[:, :: cfg.tokens_per_frame]
-        return dict(visual=visual, visual_mask=visual_mask, frames=frames,
-                    frame_mask=jnp.asarray(video_mask, bool), visual_pre=pre)
-
-    def wti_logits(self, words, frames):
-        return self.wti_heads(words, frames)
+        out = dict(visual=visual, visual_mask=visual_mask, frames=frames,
+                   frame_mask=jnp.asarray(video_mask, bool), visual_pre=pre)
+        if cfg.uses_wti_heads:
+            out["frame_logits"] = self.wti_heads.frame_head(frames)
+        return out
 
     # -- TPM-CL (training only) -------------------------------------------------------------
     def tpm_features(self, text: dict, video: dict, rho: float, straight_through: bool = True):
@@ -209,8 +212,6 @@ class RetrievalModel(nn.Module):
         masking, see `tpm.mask_visual_tokens`) come from `LossConfig`: use `objective.model_loss`.
         """
         out = {**self.encode_text(text_ids, text_mask, word_weights), **self.encode_video(video, video_mask)}
-        if self.config.uses_wti_heads:
-            out["word_logits"], out["frame_logits"] = self.wti_logits(out["words"], out["frames"])
         if self.config.tpm:
             out.update(self.tpm_features(out, out, rho, straight_through))
         return out
