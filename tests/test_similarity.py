@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tvr_jax.similarity import INTERACTIONS, WTIHeads, dmae_similarity
+from tvr_jax.similarity import INTERACTIONS, WTIHeads, dmae_similarity, pooled_cosine_similarity
 
 B_T, B_V, L, T, D = 3, 5, 5, 4, 8
 
@@ -313,3 +313,30 @@ def test_memory_is_bounded_by_the_block_loop(grad):
     # The full (B_t, B_v, L, T) float32 grid would be 16.8 MB; one block is 1/64 of it and
     # the backward pass keeps a few block-sized buffers.
     assert large.temp_size_in_bytes < full_grid / 8, (large.temp_size_in_bytes, full_grid)
+
+
+def test_pooled_cosine_baseline_matches_loops():
+    x = make_inputs()
+
+    def ref(text_cls, frames):
+        out = []
+        for a in range(text_cls.shape[0]):
+            row = []
+            for b in range(frames.shape[0]):
+                valid = [v for v in range(frames.shape[1]) if x["frame_mask"][b, v]]
+                pooled = sum(frames[b, v] for v in valid) / max(len(valid), 1)
+                row.append(jnp.dot(text_cls[a], pooled) / jnp.linalg.norm(pooled))
+            out.append(row)
+        return jnp.array(out)
+
+    args = (jnp.asarray(x["text_cls"], jnp.float64), jnp.asarray(x["frames"], jnp.float64))
+    with jax.enable_x64(True):
+        want = np.asarray(ref(*args))
+        probe = np.random.default_rng(4).normal(size=want.shape)
+        g_ref = jax.grad(lambda t, f: jnp.sum(ref(t, f) * probe), argnums=(0, 1))(*args)
+    got = pooled_cosine_similarity(x["text_cls"], x["frames"], x["frame_mask"])
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-6)
+    g = jax.grad(lambda t, f: jnp.sum(pooled_cosine_similarity(t, f, x["frame_mask"]) * probe),
+                 argnums=(0, 1))(x["text_cls"], x["frames"])
+    for a, b in zip(g, g_ref):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)

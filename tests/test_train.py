@@ -51,7 +51,7 @@ def random_batch(position: int, size: int = 32):
     )
 
 
-def make_batches(data_state):
+def make_batches(data_state, model_config=None):
     """A restartable stream: batch n is a pure function of n; the state is the position."""
     position = {"n": 0 if data_state is None else data_state["position"]}
 
@@ -153,7 +153,7 @@ def test_killed_run_resumes_exactly(tmp_path):
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     cfg = tiny_config()
 
-    def poisoned(data_state):
+    def poisoned(data_state, model_config):
         batches, get_state = make_batches(data_state)
 
         def gen():

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import sys
 import time
 
@@ -68,6 +70,88 @@ def _check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prepare(args: argparse.Namespace) -> int:
+    """Decode a set's videos once into a TFDS dataset (data_pipeline.prepare) and print the summary."""
+    from data_pipeline import prepare
+
+    report = prepare.prepare(
+        args.dataset, args.out, videos_dir=args.videos, annotations_dir=args.annotations, fps=args.fps,
+        max_frames=args.max_frames, short_side=args.short_side, workers=args.workers, jpeg_quality=args.jpeg_quality,
+        tagger=args.tagger, synthetic_scale=args.synthetic_scale, synthetic_seed=args.synthetic_seed,
+        rebuild=args.rebuild, keep_work=args.keep_work,
+    )
+    print(prepare.summary(report))
+    return 0
+
+
+def _config(args: argparse.Namespace):
+    from tvr_jax.config_io import load_config
+
+    if args.distributed:  # several processes (SLURM, TPU pod slice): one global mesh over all hosts
+        import jax
+
+        jax.distributed.initialize()
+    return load_config(args.config, args.overrides)
+
+
+def _train(args: argparse.Namespace) -> int:
+    """Train (resuming from WORKDIR's newest checkpoint)."""
+    from tvr_jax import train
+
+    cfg = _config(args)
+    _save_config(cfg, args.workdir)
+    train.train(cfg, args.workdir, train.dataset_batches(cfg))
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    """Evaluate a checkpoint of WORKDIR on cfg.eval.split and print the table."""
+    from tvr_jax import evaluate
+
+    cfg = _config(args)
+    evaluate.evaluate_checkpoint(cfg, args.workdir, args.checkpoint)
+    with open(os.path.join(args.workdir, "eval", "metrics.md")) as f:
+        print(f.read())
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    """Generate and prepare the synthetic set, train the tiny model, evaluate, print the table."""
+    from data_pipeline import prepare
+    from tvr_jax import evaluate, train
+    from tvr_jax.config_io import apply_override
+    from configs import synthetic
+
+    t0 = time.perf_counter()
+    data_dir = os.path.join(args.workdir, "data")
+    prepare.prepare("synthetic", data_dir, synthetic_scale=args.scale)  # resumable: skips finished work
+    cfg = synthetic.get_config()
+    cfg.data_dir = data_dir
+    for item in args.overrides:
+        apply_override(cfg, item)
+    _save_config(cfg, args.workdir)
+    train.train(cfg, args.workdir, train.dataset_batches(cfg))
+    evaluate.evaluate_checkpoint(cfg, args.workdir)
+    with open(os.path.join(args.workdir, "eval", "metrics.md")) as f:
+        print(f.read())
+    print(f"demo finished in {time.perf_counter() - t0:.0f} s; metrics in {os.path.join(args.workdir, 'eval', 'metrics.json')}")
+    return 0
+
+
+def _save_config(cfg, workdir: str) -> None:
+    os.makedirs(workdir, exist_ok=True)
+    tmp = os.path.join(workdir, "config.json.tmp")
+    with open(tmp, "w") as f:
+        f.write(cfg.to_json_best_effort(indent=2))
+    os.replace(tmp, os.path.join(workdir, "config.json"))
+
+
+def _add_config_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="config file, optionally with an argument: configs/NAME.py[:ARG]")
+    p.add_argument("--workdir", required=True, help="run folder: checkpoints, metrics.jsonl, tensorboard/, eval/")
+    p.add_argument("--distributed", action="store_true", help="call jax.distributed.initialize() (multi-host launch)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tvr-jax", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -83,11 +167,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--remat", action="store_true")
     p.add_argument("--scan-layers", action="store_true")
     p.set_defaults(fn=_check)
+
+    p = sub.add_parser("prepare", help="decode a dataset's videos once into a TFDS dataset (JPEG frames, captions, word weights)")
+    p.add_argument("--dataset", required=True, choices=["msrvtt", "msvd", "didemo", "activitynet", "synthetic"])
+    p.add_argument("--videos", help="folder of the set's video files (searched recursively); synthetic: omit to generate the set")
+    p.add_argument("--annotations", help="folder of the set's annotation files (see data_pipeline/annotations.py)")
+    p.add_argument("--out", required=True, help="DATA_DIR: receives <dataset>/<version>/ and prepare_report.json")
+    p.add_argument("--fps", type=float, default=1.0, help="frames stored per second of video")
+    p.add_argument("--max-frames", type=int, default=None, help="cap on stored frames per video (spread uniformly)")
+    p.add_argument("--short-side", type=int, default=224, help="frames are shrunk to this short side (never enlarged)")
+    p.add_argument("--workers", type=int, default=None, help="decoding processes (default: all cores)")
+    p.add_argument("--jpeg-quality", type=int, default=90)
+    p.add_argument("--tagger", default="auto", choices=["auto", "spacy", "fallback"], help="part-of-speech tagger for word weights")
+    p.add_argument("--synthetic-scale", type=int, default=1, help="synthetic set: multiply its 400 train / 100 test videos")
+    p.add_argument("--synthetic-seed", type=int, default=0)
+    p.add_argument("--rebuild", action="store_true", help="prepare again even if DATA_DIR already holds the set")
+    p.add_argument("--keep-work", action="store_true", help="keep the per-video decode cache (DATA_DIR/_work) after success")
+    p.set_defaults(fn=_prepare)
+
+    p = sub.add_parser("train", help="train from a config; --config.FIELD=VALUE overrides any field")
+    _add_config_arguments(p)
+    p.set_defaults(fn=_train)
+
+    p = sub.add_parser("eval", help="evaluate a trained checkpoint in the paper's protocol")
+    _add_config_arguments(p)
+    p.add_argument("--checkpoint", type=int, default=None, help="step to evaluate (default: the newest)")
+    p.set_defaults(fn=_eval)
+
+    p = sub.add_parser("demo", help="synthetic set -> train the tiny model -> evaluate (the main job)")
+    p.add_argument("--workdir", default="demo_run", help="receives data/, checkpoints/, metrics.jsonl and eval/")
+    p.add_argument("--scale", type=int, default=1, help="synthetic set size multiplier")
+    p.set_defaults(fn=_demo)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("absl", "jax._src.xla_bridge"):  # orbax and backend discovery log every step at INFO
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    overrides = [r[len("--config."):] for r in rest if r.startswith("--config.")]
+    unknown = [r for r in rest if not r.startswith("--config.")]
+    if unknown or (overrides and args.command not in ("train", "eval", "demo")):
+        parser.error(f"unrecognised arguments: {' '.join(unknown or rest)}")
+    args.overrides = overrides
     try:
         return args.fn(args)
     except (FileNotFoundError, FileExistsError, ValueError) as e:  # bad input: message, no traceback

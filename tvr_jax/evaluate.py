@@ -10,6 +10,7 @@ reduces to the square protocol when every video has one caption).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -101,3 +102,43 @@ def write_report(report: dict[str, Any], out_dir: str, title: str) -> None:
         with open(tmp, "w") as f:
             f.write(text)
         os.replace(tmp, os.path.join(out_dir, name))
+
+
+def evaluate_checkpoint(cfg, workdir: str, step: int | None = None, *, mesh: Mesh | None = None) -> dict[str, Any]:
+    """Evaluate the checkpoint `step` (default: the newest) of `workdir` on `cfg.eval.split`.
+
+    Model selection never looks at the test split: without a validation run the last checkpoint
+    is the one reported, and the report says so. Writes WORKDIR/eval/metrics.{json,md,csv}.
+    """
+    from tvr_jax import train as train_lib
+    from tvr_jax.optim import make_optimizer
+
+    mesh = mesh or sharding.make_mesh(tuple(cfg.mesh_shape))
+    if cfg.eval.batch_size % sharding.num_batch_shards(mesh):
+        raise ValueError(f"eval.batch_size={cfg.eval.batch_size} must be divisible by the {sharding.num_batch_shards(mesh)} batch shards")
+    model, _ = train_lib.build_model(cfg)
+    optimizer = make_optimizer(cfg.optim, cfg.total_steps)
+    state, shardings = train_lib.create_train_state(cfg, model, optimizer, mesh)
+    manager = train_lib.checkpoint_manager(workdir, cfg.keep_checkpoints)
+    try:
+        if manager.latest_step() is None:
+            raise FileNotFoundError(f"{workdir}/checkpoints holds no checkpoint: train first (tvr-jax train)")
+        state, _ = train_lib.restore_checkpoint(manager, state, shardings, step)
+    finally:
+        manager.close()
+    lcfg = train_lib.loss_config(cfg)
+    lcfg = dataclasses.replace(lcfg, block_size=cfg.eval.block_size)
+    split = cfg.eval.split
+    streams = {kind: train_lib.dataset_input(cfg, split, False, model.config, cfg.eval.batch_size, eval_rows=kind)
+               for kind in ("videos", "captions")}
+    videos = encode(model, state.params, streams["videos"], mesh, "videos")
+    texts = encode(model, state.params, streams["captions"], mesh, "captions")
+    sim = score(texts, videos, model.config.interaction, lcfg, mesh)
+    report = retrieval_report(sim, texts["video_index"])
+    trained_step = int(jax.device_get(state.step))
+    report["checkpoint"] = {"step": trained_step, "selection": "last checkpoint" if step is None else f"step {step} as asked",
+                            "note": "no model selection on the test split"}
+    report["split"] = split
+    report["dataset"] = cfg.dataset
+    write_report(report, os.path.join(workdir, "eval"), f"{cfg.dataset} {split}, step {trained_step}")
+    return report

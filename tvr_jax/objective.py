@@ -53,7 +53,9 @@ class LossConfig:
 
 
 def similarity_matrix(text: dict, video: dict, interaction: str, cfg: LossConfig) -> jax.Array:
-    """DMAE similarity S (texts x videos) from the feature dicts of `RetrievalModel`."""
+    """S (texts x videos) from the feature dicts of `RetrievalModel`: DMAE, or the 'cosine' baseline."""
+    if interaction == "cosine":
+        return similarity.pooled_cosine_similarity(text["t_cls"], video["frames"], video["frame_mask"])
     return similarity.dmae_similarity(
         text["t_cls"], text["words"], text["word_weights"], text["word_mask"], video["frames"], video["frame_mask"],
         interaction=interaction, visual_attention=cfg.visual_attention, textual_attention=cfg.textual_attention,

@@ -25,6 +25,8 @@ import jax.numpy as jnp
 INTERACTIONS = ("ti", "wti", "att_ti", "att_wti")
 """Allowed ``interaction`` values (method.md 2.3). ``att_*`` averages the sentence->frames and
 words->frames similarities; ``*wti`` uses learned token weights (DRL)."""
+ALL_INTERACTIONS = INTERACTIONS + ("cosine",)
+"""Plus the CLIP4Clip baseline: cosine of the sentence token and the mean-pooled frames."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -185,6 +187,21 @@ def dmae_similarity(text_cls, words, word_weights, word_mask, frames, frame_mask
     out = jax.lax.map(jax.checkpoint(block_similarity, prevent_cse=False), blocks)  # (nb, B_t, bs)
     out = jnp.transpose(out, (1, 0, 2)).reshape(num_texts, num_blocks * block)
     return out[:, :num_videos]
+
+
+def pooled_cosine_similarity(text_cls, frames, frame_mask) -> jax.Array:
+    """Baseline S (B_t, B_v) = <t_cls, normalise(mean over valid frames of F)> (CLIP4Clip meanP).
+
+    The ablation baseline of method.md section 3 ("cosine of pooled features"); a video
+    without valid frames scores 0.
+    """
+    frame_mask = jnp.asarray(frame_mask, bool)
+    _check_shape("frames", frames, (frames.shape[0], frame_mask.shape[1], text_cls.shape[1]), "(B_v, T, D)")
+    weights = _normalise_weights(frame_mask.astype(jnp.float32))
+    pooled = jnp.einsum("bt,btd->bd", weights, frames.astype(jnp.float32))
+    sq = jnp.sum(pooled * pooled, axis=-1, keepdims=True)
+    pooled = pooled * jax.lax.rsqrt(jnp.maximum(sq, 1e-24))
+    return jnp.einsum("ad,bd->ab", text_cls.astype(jnp.float32), pooled)
 
 
 class TokenLogitHead(nn.Module):

@@ -269,13 +269,42 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
-def train(cfg, workdir: str, make_batches: Callable[[dict | None], tuple[Iterator[dict], Callable[[], dict]]],
-          *, mesh: Mesh | None = None, stop_after: int | None = None) -> TrainState:
+MakeBatches = Callable[[dict | None, RetrievalConfig], tuple[Iterator[dict], Callable[[], dict]]]
+
+
+def dataset_input(cfg, split: str, training: bool, model_config: RetrievalConfig, batch_size: int, **kw):
+    """The tf.data input of a prepared dataset (`cfg.data_dir`, `cfg.dataset`) for this model."""
+    from data_pipeline.input_pipeline import InputConfig, VideoTextInput
+    from data_pipeline.prepare import dataset_dir
+
+    if not cfg.data_dir:
+        raise ValueError("config.data_dir is empty: prepare a dataset with `tvr-jax prepare --dataset "
+                         f"{cfg.dataset} --out DIR` and pass --config.data_dir=DIR")
+    input_cfg = InputConfig(split=split, training=training, global_batch_size=batch_size,
+                            num_frames=model_config.max_frames, max_words=model_config.max_words,
+                            image_size=model_config.clip.image_size, random_crop=cfg.data.random_crop and training,
+                            random_flip=cfg.data.random_flip and training, seed=cfg.seed, **kw)
+    return VideoTextInput(dataset_dir(cfg.data_dir, cfg.dataset), input_cfg)
+
+
+def dataset_batches(cfg) -> MakeBatches:
+    """`make_batches` for `train`: the training split of the prepared dataset, resumable."""
+    def make(data_state, model_config):
+        pipe = dataset_input(cfg, "train", True, model_config, cfg.global_batch_size)
+        if data_state is not None:
+            pipe.restore(data_state)
+        return iter(pipe), pipe.state
+    return make
+
+
+def train(cfg, workdir: str, make_batches: MakeBatches, *, mesh: Mesh | None = None,
+          stop_after: int | None = None) -> TrainState:
     """Train `cfg` in `workdir`, resuming from its newest checkpoint.
 
-    make_batches(data_state or None) -> (iterator of global numpy batches, get_data_state): the
-    input pipeline, restartable from a saved position. `stop_after` ends the run early after that
-    many steps of this invocation (tests use it to simulate a kill); SIGTERM saves and exits.
+    make_batches(data_state or None, model_config) -> (iterator of this host's numpy batches,
+    get_data_state): the input pipeline, restartable from a saved position. `stop_after` ends
+    the run early after that many steps of this invocation (tests use it to simulate a kill);
+    SIGTERM saves and exits.
     """
     mesh = mesh or sharding.make_mesh(tuple(cfg.mesh_shape))
     if cfg.global_batch_size % (sharding.num_batch_shards(mesh) * cfg.accumulation_steps):
@@ -291,7 +320,7 @@ def train(cfg, workdir: str, make_batches: Callable[[dict | None], tuple[Iterato
         state, data_state = restore_checkpoint(manager, state, shardings)
         log.info("resumed from step %d", int(state.step))
     step_fn = make_train_step(model, lcfg, optimizer, mesh, shardings, cfg.accumulation_steps)
-    batches, get_data_state = make_batches(data_state)
+    batches, get_data_state = make_batches(data_state, model.config)
     start = int(jax.device_get(state.step))
     logger = MetricLogger(workdir, start)
     stop = {"signal": None}
@@ -302,7 +331,8 @@ def train(cfg, workdir: str, make_batches: Callable[[dict | None], tuple[Iterato
     try:
         for done, step in enumerate(range(start, cfg.total_steps)):
             batch = next(batches)
-            batch = jax.device_put({k: batch[k] for k in BATCH_KEYS}, batch_sharding)
+            # Each host holds its rows of the global batch; assemble the global array.
+            batch = {k: jax.make_array_from_process_local_data(batch_sharding, batch[k]) for k in BATCH_KEYS}
             state, metrics = step_fn(state, batch)
             names = sorted(metrics)  # the order of the non-finite bitmask
             clips += cfg.global_batch_size

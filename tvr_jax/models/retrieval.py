@@ -49,8 +49,8 @@ class RetrievalConfig:
         problems = []
         if self.temporal not in TEMPORAL_MODULES:
             problems.append(f"temporal={self.temporal!r} (allowed: {TEMPORAL_MODULES})")
-        if self.interaction not in similarity.INTERACTIONS:
-            problems.append(f"interaction={self.interaction!r} (allowed: {similarity.INTERACTIONS})")
+        if self.interaction not in similarity.ALL_INTERACTIONS:
+            problems.append(f"interaction={self.interaction!r} (allowed: {similarity.ALL_INTERACTIONS})")
         if self.temporal == "seqTransf" and self.clip.embed_dim != self.clip.text_width:
             problems.append(
                 f"temporal='seqTransf' runs CLIP text blocks on D={self.clip.embed_dim} features, so it "
