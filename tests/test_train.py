@@ -168,3 +168,24 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     manager = train.checkpoint_manager(str(tmp_path), 2)
     assert manager.latest_step() == 3  # the step-3 checkpoint; nothing after the bad step was saved
     manager.close()
+
+
+def test_sigterm_saves_and_exits(tmp_path):
+    import signal
+
+    def terminated(data_state, model_config):
+        batches, get_state = make_batches(data_state)
+
+        def gen():
+            for batch in batches:
+                if get_state()["position"] == 2:  # SIGTERM arrives while step 2 runs
+                    os.kill(os.getpid(), signal.SIGTERM)
+                yield batch
+        return gen(), get_state
+
+    state = train.train(tiny_config(), str(tmp_path), terminated, mesh=_mesh(1))
+    assert int(state.step) == 2
+    manager = train.checkpoint_manager(str(tmp_path), 2)
+    assert manager.latest_step() == 2
+    manager.close()
+    assert [m["step"] for m in _read_metrics(tmp_path)] == [2]
