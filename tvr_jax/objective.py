@@ -101,11 +101,33 @@ def total_loss(features: dict, interaction: str, cfg: LossConfig) -> tuple[jax.A
 _VIDEO_KEYS = ("frames", "frame_mask", "frame_logits")
 
 
+def ring_similarity(text: dict, video: dict, interaction: str, cfg: LossConfig, axes: tuple[str, ...]) -> jax.Array:
+    """Inside shard_map: this device's texts against the videos of every device, (b_t, n * b_v).
+
+    The video shards rotate round the ring with ppermute (n - 1 hops); step j scores the shard
+    of device (i + j) mod n. Backward, the video cotangent travels the ring back, one shard in
+    size, instead of a global-size cotangent followed by a reduce-scatter.
+    """
+    n = jax.lax.axis_size(axes)
+    me = jax.lax.axis_index(axes)
+    to_previous = [(i, (i - 1) % n) for i in range(n)]
+
+    def hop(shard, _):
+        sim = similarity_matrix(text, shard, interaction, cfg)
+        return jax.tree.map(lambda x: jax.lax.ppermute(x, axes, to_previous), shard), sim
+
+    _, blocks = jax.lax.scan(hop, video, None, length=n)  # blocks[j]: videos of device (me + j) % n
+    blocks = blocks[(jnp.arange(n) - me) % n]  # global column order
+    return jnp.transpose(blocks, (1, 0, 2)).reshape(blocks.shape[1], -1)
+
+
 def sharded_total_loss(features: dict, interaction: str, cfg: LossConfig, mesh: Mesh) -> tuple[jax.Array, dict]:
     """`total_loss` of the global batch, with the batch split over the mesh's batch axes.
 
-    Each device scores its own texts against every video of the global batch (video features
-    all-gathered), so S is sharded by rows and no device holds more than (B/n) x B of it. The
+    Each device scores its own texts against every video of the global batch, so S is sharded by
+    rows and no device holds more than (B/n) x B of it. Video features travel round a ring
+    (`ring_similarity`) instead of being all-gathered, so their gradient never exists at global
+    size on one device. The
     text->video NegNCE has whole rows locally; the video->text direction normalises each column
     across devices (a max, then a sum of exponentials, psum'd). Positives are found by global
     index, and all sums and counts are psum'd before the means: the loss and its gradients are
@@ -116,8 +138,8 @@ def sharded_total_loss(features: dict, interaction: str, cfg: LossConfig, mesh: 
 
     def local(feats):
         shard = jax.lax.axis_index(axes)
-        video = {k: jax.lax.all_gather(feats[k], axes, tiled=True) for k in _VIDEO_KEYS if k in feats}
-        sim = similarity_matrix(feats, video, interaction, cfg)  # (b, B): local texts x all videos
+        video = {k: feats[k] for k in _VIDEO_KEYS if k in feats}
+        sim = ring_similarity(feats, video, interaction, cfg, axes)  # (b, B): local texts x all videos
         b, total = sim.shape
         row_ids = shard * b + jnp.arange(b)
         col_ids = jnp.arange(total)
