@@ -1,0 +1,207 @@
+"""Clips per second: the prepared-dataset tf.data pipeline vs decoding the same videos with decord on the fly.
+
+    python benchmarks/input_pipeline.py [--clips 32] [--seconds 15] [--batch 16] [--json out.json]
+
+1. Writes `--clips` MSR-VTT-like videos (320x240, 25 fps, H.264 with the encoder's default GOP,
+   a drifting texture plus moving shapes so P-frames carry real motion), and prepares them
+   (`data_pipeline.prepare`, 1 fps, short side 224).
+2. Prepared path: `VideoTextInput` in training mode (one random frame per segment), T = 12,
+   224 x 224, numpy batches of `--batch` clips, CLIP-normalised float32.
+3. On-the-fly path: the same clips, same T and size, decoded with decord (resizing inside
+   decord to short side 224, the cheapest decord path), centre-cropped and normalised in
+   numpy, in a pool of as many processes as there are cores, clips returned to the parent.
+4. Tiny config: the pipeline on the synthetic set at 32 x 32 (T = 12, batch 64) against a
+   training step of the tiny retrieval model (seqTransf, NegNCE + TPM-CL) on the same shapes.
+Both paths get the whole machine in turn, in alternating rounds (medians reported); prints a
+table and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import platform
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from data_pipeline import prepare as prep  # noqa: E402
+from data_pipeline.input_pipeline import CLIP_MEAN, CLIP_STD, InputConfig, VideoTextInput  # noqa: E402
+from data_pipeline.synthetic import write_clip  # noqa: E402
+from data_pipeline.video import sample_frame_indices, sample_times  # noqa: E402
+
+T, SIZE = 12, 224
+
+
+def make_clip(path: str, seconds: int, seed: int, fps: int = 25, height: int = 240, width: int = 320) -> None:
+    rng = np.random.default_rng(seed)
+    # Smooth random texture (upsampled noise) drifting across the frame, plus two moving discs.
+    coarse = rng.integers(0, 256, (height // 8 + 2, width // 8 + 2, 3), dtype=np.uint8)
+    texture = np.kron(coarse, np.ones((8, 8, 1), np.uint8))
+    yy, xx = np.mgrid[0:height, 0:width]
+    frames = np.empty((seconds * fps, height, width, 3), np.uint8)
+    drift = rng.uniform(-1, 1, 2)
+    for i in range(len(frames)):
+        dy, dx = (drift * i).astype(int)
+        frame = np.roll(texture, (dy, dx), axis=(0, 1))[:height, :width].copy()
+        for k in range(2):
+            cy = (height / 2 + 80 * np.sin(i / (15 + 10 * k) + k)) % height
+            cx = (width / 2 + 120 * np.cos(i / (20 + 5 * k))) % width
+            frame[(yy - cy) ** 2 + (xx - cx) ** 2 < 400] = (255, 60 * k, 0)
+        frames[i] = frame
+    write_clip(path, frames, fps, crf=23)
+
+
+def write_source(root: str, clips: int, seconds: int) -> tuple[str, str]:
+    import csv
+
+    videos, annotations = os.path.join(root, "videos"), os.path.join(root, "annotations")
+    os.makedirs(videos, exist_ok=True)
+    os.makedirs(annotations, exist_ok=True)
+    ids = [f"video{i}" for i in range(clips)]
+    for i, vid in enumerate(ids):
+        path = os.path.join(videos, f"{vid}.mp4")
+        if not os.path.exists(path):
+            make_clip(path, seconds + i % 5, seed=i)  # 15-19 s, like MSR-VTT's 10-30 s
+    with open(os.path.join(annotations, "MSRVTT_data.json"), "w") as f:
+        json.dump({"sentences": [{"video_id": v, "caption": f"clip number {i} with moving discs", "sen_id": i} for i, v in enumerate(ids)]}, f)
+    with open(os.path.join(annotations, "MSRVTT_train.9k.csv"), "w", newline="") as f:
+        csv.writer(f).writerows([["video_id"]] + [[v] for v in ids])
+    with open(os.path.join(annotations, "MSRVTT_JSFUSION_test.csv"), "w", newline="") as f:
+        csv.writer(f).writerows([["", "key", "vid_key", "video_id", "sentence"], [0, "ret0", "msr0", ids[0], "clip number 0"]])
+    return videos, annotations
+
+
+def pipeline_rate(dataset_dir: str, batch: int, batches: int, image_size: int = SIZE, num_frames: int = T) -> float:
+    pipe = VideoTextInput(dataset_dir, InputConfig(split="train", training=True, global_batch_size=batch, num_frames=num_frames,
+                                                   image_size=image_size, process_index=0, process_count=1))
+    for _ in range(2):  # warm-up: tf.data threads, autotuning
+        next(pipe)
+    start = time.perf_counter()
+    for _ in range(batches):
+        out = next(pipe)
+    assert out["video"].shape == (batch, num_frames, image_size, image_size, 3)
+    return batches * batch / (time.perf_counter() - start)
+
+
+_MEAN, _STD = np.array(CLIP_MEAN, np.float32) * 255, np.array(CLIP_STD, np.float32) * 255
+
+
+def decord_clip(args: tuple[str, int, int, int]) -> np.ndarray:
+    """On-the-fly: T frames of one video with decord (same 1 fps grid and segment sampling), crop, normalise."""
+    import decord
+
+    path, height, width, seed = args
+    scale = SIZE / min(height, width)
+    reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1, width=round(width * scale), height=round(height * scale))
+    fps, n = reader.get_avg_fps(), len(reader)
+    times = sample_times(n / fps, 1.0)
+    chosen, _ = sample_frame_indices(len(times), T, True, np.random.default_rng(seed))
+    frames = reader.get_batch(np.minimum((times[chosen] * fps).astype(int), n - 1).tolist()).asnumpy()
+    h, w = frames.shape[1:3]
+    top, left = (h - SIZE) // 2, (w - SIZE) // 2
+    frames = frames[:, top:top + SIZE, left:left + SIZE].astype(np.float32)
+    return (frames - _MEAN) / _STD
+
+
+def decord_rate(paths: list[str], clips: int, workers: int) -> float:
+    tasks = [(paths[i % len(paths)], 240, 320, i) for i in range(clips)]
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        list(pool.imap(decord_clip, tasks[:workers * 2]))  # warm-up: imports in the workers
+        start = time.perf_counter()
+        for out in pool.imap(decord_clip, tasks, chunksize=1):
+            assert out.shape == (T, SIZE, SIZE, 3)
+        return clips / (time.perf_counter() - start)
+
+
+def tiny_step_rate(batch: int) -> dict:
+    """Clips/s of one training step of the tiny retrieval model (tvr_jax), on the pipeline's shapes."""
+    try:
+        import jax
+        import jax.numpy as jnp
+
+        from tvr_jax.models.clip import PRESETS
+        from tvr_jax.models.retrieval import RetrievalConfig, RetrievalModel
+        from tvr_jax.objective import LossConfig, model_loss
+    except Exception as e:  # the training code is another issue's; measure what exists
+        return {"skipped": f"{type(e).__name__}: {e}"}
+    config = RetrievalConfig(clip=PRESETS["tiny"], max_frames=T, max_words=16, temporal="seqTransf", temporal_layers=2)
+    model, loss_cfg = RetrievalModel(config), LossConfig()
+    rng = np.random.default_rng(0)
+    ids = np.zeros((batch, 16), np.int32)
+    ids[:, 0], ids[:, 1:10], ids[:, 10] = 49406, rng.integers(1, 49000, (batch, 9)), 49407
+    data = (jnp.asarray(rng.normal(size=(batch, T, 32, 32, 3)), jnp.float32), jnp.ones((batch, T), bool), jnp.asarray(ids),
+            jnp.asarray(ids != 0), jnp.asarray((ids != 0) & (ids < 49406), jnp.float32))
+    params = model.init(jax.random.PRNGKey(0), *data, rho=loss_cfg.rho, straight_through=loss_cfg.visual_mask_straight_through)["params"]
+    step = jax.jit(jax.value_and_grad(lambda p: model_loss(model, p, data, loss_cfg)[0]))
+    jax.block_until_ready(step(params))
+    start, n = time.perf_counter(), 5
+    for _ in range(n):
+        jax.block_until_ready(step(params))
+    seconds = (time.perf_counter() - start) / n
+    return {"step_s": round(seconds, 4), "clips_per_s": round(batch / seconds, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clips", type=int, default=32)
+    parser.add_argument("--seconds", type=int, default=15)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--batches", type=int, default=12)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating measurement rounds; medians are reported")
+    parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "tvr_jax_input_bench"))
+    parser.add_argument("--json", default=None, help="write the results here (default: WORKDIR/input_pipeline.json)")
+    args = parser.parse_args()
+    workers = os.cpu_count() or 1
+
+    t0 = time.perf_counter()
+    videos, annotations = write_source(os.path.join(args.workdir, "source"), args.clips, args.seconds)
+    t_write = time.perf_counter() - t0
+    data_dir = os.path.join(args.workdir, "data")
+    t0 = time.perf_counter()
+    prep.prepare("msrvtt", data_dir, videos, annotations, fps=1.0, short_side=SIZE, workers=workers, progress=False)
+    t_prepare = time.perf_counter() - t0
+    paths = [os.path.join(videos, f"video{i}.mp4") for i in range(args.clips)]
+
+    # Alternating rounds, medians: the machine may be shared, and load shifts between rounds.
+    load_before = os.getloadavg()[0]
+    rounds = {"prepared": [], "decord": []}
+    for _ in range(args.rounds):
+        rounds["prepared"].append(pipeline_rate(prep.dataset_dir(data_dir, "msrvtt"), args.batch, args.batches))
+        rounds["decord"].append(decord_rate(paths, args.batch * args.batches, workers))
+    prepared, on_the_fly = float(np.median(rounds["prepared"])), float(np.median(rounds["decord"]))
+
+    prep.prepare("synthetic", data_dir, workers=workers, progress=False)
+    tiny_input = pipeline_rate(prep.dataset_dir(data_dir, "synthetic"), 64, 10, image_size=32)
+    tiny_step = tiny_step_rate(64)
+
+    results = {
+        "machine": f"{platform.processor() or platform.machine()}, {workers} cores, {platform.python_version()}",
+        "clips": args.clips, "clip_seconds": f"{args.seconds}-{args.seconds + 4}", "source": "320x240, 25 fps, H.264 crf 23",
+        "T": T, "size": SIZE, "batch": args.batch,
+        "write_source_s": round(t_write, 1), "prepare_s": round(t_prepare, 1),
+        "prepared_clips_per_s": round(prepared, 1), "decord_on_the_fly_clips_per_s": round(on_the_fly, 1),
+        "speedup": round(prepared / on_the_fly, 2),
+        "rounds": {k: [round(x, 1) for x in v] for k, v in rounds.items()}, "load_average_before": round(load_before, 2),
+        "tiny": {"input_clips_per_s_32px": round(tiny_input, 1), "train_step": tiny_step},
+    }
+    print(f"\n{'path (T=12, 224x224, float32 CLIP-normalised)':48s} {'clips/s':>9s}")
+    print(f"{'prepared dataset, tf.data':48s} {prepared:9.1f}")
+    print(f"{'decord on the fly, ' + str(workers) + ' processes':48s} {on_the_fly:9.1f}")
+    print(f"{'speed-up':48s} {prepared / on_the_fly:8.1f}x")
+    print(f"rounds {results['rounds']}, load average before {load_before:.2f}")
+    print(f"\ntiny config (synthetic, 32x32, T=12, batch 64): input {tiny_input:.1f} clips/s, training step {tiny_step}")
+    path = args.json or os.path.join(args.workdir, "input_pipeline.json")
+    with open(path, "w") as f:
+        json.dump(results, f, indent=1)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

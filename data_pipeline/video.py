@@ -1,0 +1,187 @@
+"""Decoding videos with decord, and the two frame samplings of the method.
+
+Offline (`decode_video`): frames at `fps` frames per second (uniformly capped at `max_frames`),
+short side resized to `short_side` (never upsampled), encoded as JPEG.
+Online (`sample_frame_indices`): T indices out of a video's stored frames, uniform for
+evaluation, one random frame per segment for training; short videos are padded, with a mask.
+
+A video that cannot be decoded raises `VideoDecodeError` with a reason code and a fix; it is
+never replaced by zeros (zeros caused NaN losses in peer code, method.md section 6).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+
+import numpy as np
+
+# Reason codes, as they appear in prepare_report.json, with the fix the report suggests.
+FIXES = {
+    "missing": "no file for this video id under --videos; download it again or accept that it is left out",
+    "empty": "the file has 0 bytes (an interrupted download); download it again",
+    "unreadable": "decord/ffmpeg cannot open it (truncated or not a video); re-download or re-encode it with ffmpeg",
+    "no_frames": "the container holds no decodable video frames; re-download or re-encode it with ffmpeg",
+    "decode_failed": "decoding stopped part way (truncated or damaged stream); re-download it or re-encode it with ffmpeg",
+    "crashed": "the decoder process died on this file; re-encode it with ffmpeg (`ffmpeg -i IN -c:v libx264 OUT.mp4`)",
+}
+
+
+class VideoDecodeError(Exception):
+    """A video that cannot be prepared: `reason` is one of FIXES' keys, `detail` says what happened."""
+
+    def __init__(self, path: str, reason: str, detail: str = ""):
+        self.path, self.reason, self.detail = path, reason, detail
+        super().__init__(f"{path}: {reason}: {detail} (fix: {FIXES[reason]})")
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodedVideo:
+    """Frames sampled from one video. `frames` uint8 (N, H, W, 3); `times` seconds, (N,)."""
+
+    frames: np.ndarray
+    times: np.ndarray
+    duration: float
+    source_fps: float
+    source_num_frames: int
+    source_height: int
+    source_width: int
+
+
+def sample_times(duration: float, fps: float, max_frames: int | None = None) -> np.ndarray:
+    """Timestamps at `fps` per second, each in the middle of its 1/fps window; at least one.
+
+    A 10 s video at 1 fps gives 0.5, 1.5, ..., 9.5 (10 frames). When that is more than
+    `max_frames`, `max_frames` windows spread uniformly over the whole video are used instead.
+    """
+    if fps <= 0:
+        raise ValueError(f"fps must be > 0, got {fps}")
+    if max_frames is not None and max_frames < 1:
+        raise ValueError(f"max_frames must be >= 1, got {max_frames}")
+    count = max(1, int(np.floor(duration * fps + 1e-6)))
+    if max_frames is not None and count > max_frames:
+        return (np.arange(max_frames) + 0.5) * (duration / max_frames)
+    return (np.arange(count) + 0.5) / fps
+
+
+def resized_shape(height: int, width: int, short_side: int | None) -> tuple[int, int]:
+    """(height, width) with the short side at `short_side`, aspect kept; never upsamples."""
+    short = min(height, width)
+    if short_side is None or short <= short_side:
+        return height, width
+    scale = short_side / short
+    return (short_side, max(1, round(width * scale))) if height <= width else (max(1, round(height * scale)), short_side)
+
+
+def decode_video(path: str, fps: float = 1.0, max_frames: int | None = None, short_side: int | None = 224) -> DecodedVideo:
+    """Decode the frames at `sample_times` of one video with decord; raise VideoDecodeError."""
+    import decord
+    from PIL import Image
+
+    if not os.path.isfile(path):
+        raise VideoDecodeError(path, "missing", "file not found")
+    if os.path.getsize(path) == 0:
+        raise VideoDecodeError(path, "empty", "0 bytes")
+    try:
+        # One decoder thread: parallelism comes from decoding several videos at once.
+        reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
+    except Exception as e:  # decord raises RuntimeError or DECORDError
+        raise VideoDecodeError(path, "unreadable", _first_line(e)) from None
+    num_frames = len(reader)
+    source_fps = float(reader.get_avg_fps())
+    if num_frames <= 0 or not np.isfinite(source_fps) or source_fps <= 0:
+        raise VideoDecodeError(path, "no_frames", f"{num_frames} frames at {source_fps} fps")
+    duration = num_frames / source_fps
+    times = sample_times(duration, fps, max_frames)
+    indices = np.minimum(np.floor(times * source_fps).astype(np.int64), num_frames - 1)
+    try:
+        frames = reader.get_batch(indices.tolist()).asnumpy()
+    except Exception as e:
+        raise VideoDecodeError(path, "decode_failed", _first_line(e)) from None
+    if frames.ndim != 4 or frames.shape[0] != len(indices) or frames.shape[-1] != 3:
+        raise VideoDecodeError(path, "decode_failed", f"decord returned shape {frames.shape} for {len(indices)} frames")
+    height, width = frames.shape[1:3]
+    out_h, out_w = resized_shape(height, width, short_side)
+    if (out_h, out_w) != (height, width):
+        # PIL's resize filters over the whole footprint: proper anti-aliasing when shrinking.
+        frames = np.stack([np.asarray(Image.fromarray(f).resize((out_w, out_h), Image.BICUBIC)) for f in frames])
+    return DecodedVideo(frames, times.astype(np.float32), float(duration), source_fps, num_frames, height, width)
+
+
+def encode_jpeg(frame: np.ndarray, quality: int = 90) -> bytes:
+    """uint8 (H, W, 3) -> JPEG bytes (4:2:0, like the H.264 sources they come from)."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(frame).save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def sample_frame_indices(num_frames: int, num_samples: int, training: bool, rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """T = `num_samples` indices into a video's `num_frames` stored frames, and their mask.
+
+    Evaluation: uniform (`linspace` over the whole video, rounded). Training: the video is cut
+    into T equal segments and one frame is drawn at random in each (TSN / CLIP4Clip style).
+    A video with fewer than T frames uses every frame once, in order; the remaining positions
+    repeat the last frame and are False in the mask (so a model that ignored the mask would
+    still see real pixels, never zeros).
+    """
+    if num_frames < 1:
+        raise ValueError(f"a video needs at least one frame, got {num_frames}")
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    mask = np.zeros(num_samples, bool)
+    if num_frames <= num_samples:
+        indices = np.full(num_samples, num_frames - 1, np.int64)
+        indices[:num_frames] = np.arange(num_frames)
+        mask[:num_frames] = True
+        return indices, mask
+    mask[:] = True
+    if not training:
+        return np.round(np.linspace(0, num_frames - 1, num_samples)).astype(np.int64), mask
+    if rng is None:
+        raise ValueError("training sampling needs an rng")
+    bounds = np.floor(np.linspace(0, num_frames, num_samples + 1)).astype(np.int64)
+    # Every segment holds at least one frame since num_frames > num_samples.
+    return rng.integers(bounds[:-1], bounds[1:]).astype(np.int64), mask
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return (text[0] if text else type(error).__name__)[:300]
+
+
+# ----------------------------------------------------------------------------- decode cache
+# `prepare` decodes each video once into one small file per video (written atomically), so
+# an interrupted run resumes where it stopped; the TFDS shards are then written from these.
+
+def decode_to_cache(video_id: str, path: str, cache_path: str, fps: float, max_frames: int | None,
+                    short_side: int | None, jpeg_quality: int = 90) -> dict:
+    """Worker: decode one video, JPEG its frames, save to `cache_path`. Returns a status dict."""
+    try:
+        video = decode_video(path, fps, max_frames, short_side)
+    except VideoDecodeError as e:
+        return {"video_id": video_id, "path": path, "ok": False, "reason": e.reason, "detail": e.detail}
+    jpegs = [encode_jpeg(f, jpeg_quality) for f in video.frames]
+    meta = {
+        "video_id": video_id, "path": path, "duration": video.duration, "source_fps": video.source_fps,
+        "source_num_frames": video.source_num_frames, "source_height": video.source_height,
+        "source_width": video.source_width, "height": int(video.frames.shape[1]), "width": int(video.frames.shape[2]),
+    }
+    offsets = np.cumsum([0] + [len(j) for j in jpegs]).astype(np.int64)
+    tmp = f"{cache_path}.partial"
+    with open(tmp, "wb") as f:
+        np.savez(f, jpeg=np.frombuffer(b"".join(jpegs), np.uint8), offsets=offsets, times=video.times,
+                 meta=np.frombuffer(json.dumps(meta).encode(), np.uint8))
+    os.replace(tmp, cache_path)
+    return {"video_id": video_id, "path": path, "ok": True, "num_frames": len(jpegs)}
+
+
+def read_cache(cache_path: str) -> tuple[list[bytes], np.ndarray, dict]:
+    """(JPEG bytes per frame, frame times, metadata) of a cache file written by decode_to_cache."""
+    with np.load(cache_path, allow_pickle=False) as data:
+        blob, offsets = data["jpeg"].tobytes(), data["offsets"]
+        times, meta = data["times"], json.loads(data["meta"].tobytes().decode())
+    return [blob[a:b] for a, b in zip(offsets[:-1], offsets[1:])], times, meta
