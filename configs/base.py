@@ -29,6 +29,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.model = ml_collections.ConfigDict(dict(
         clip_preset="vit_b32",  # architecture when init_checkpoint is empty: tiny | vit_b32 | vit_b16
+        image_size=0, patch_size=0,  # > 0: replace the preset's (random init only)
         max_frames=12, max_words=32,
         temporal="seqTransf", temporal_layers=4, patch_tokens=0,
         interaction="att_ti", wti_mlp=False, tpm=True,

@@ -52,12 +52,16 @@ def build_model(cfg) -> tuple[RetrievalModel, dict | None]:
     compute = dict(dtype=m.dtype, remat=m.remat, scan_layers=m.scan_layers)
     clip_params = None
     if cfg.init_checkpoint:
+        if m.get("image_size", 0) > 0 or m.get("patch_size", 0) > 0:
+            raise ValueError("model.image_size / model.patch_size change the architecture: they apply to random "
+                             "initialisation only, the checkpoint fixes them (set them to 0)")
         clip_model, clip_params = clip_api.load(cfg.init_checkpoint, **compute)
         clip_cfg = clip_model.config
     else:
         if m.clip_preset not in PRESETS:
             raise ValueError(f"model.clip_preset={m.clip_preset!r} (allowed: {sorted(PRESETS)})")
-        clip_cfg = PRESETS[m.clip_preset].replace(**compute)
+        geometry = {k: m[k] for k in ("image_size", "patch_size") if m.get(k, 0) > 0}
+        clip_cfg = PRESETS[m.clip_preset].replace(**compute, **geometry)
     rcfg = RetrievalConfig(clip=clip_cfg, max_frames=m.max_frames, max_words=m.max_words, temporal=m.temporal,
                            temporal_layers=m.temporal_layers, patch_tokens=m.patch_tokens,
                            interaction=m.interaction, wti_mlp=m.wti_mlp, tpm=m.tpm)
