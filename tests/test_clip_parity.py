@@ -1,7 +1,6 @@
 """The Flax CLIP matches transformers' PyTorch CLIPModel (random weights) loaded from local files."""
 
 import json
-import os
 
 import jax
 import jax.numpy as jnp

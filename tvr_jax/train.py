@@ -18,7 +18,6 @@ from typing import Any, Callable, Iterator
 import flax
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
