@@ -25,7 +25,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.keep_checkpoints = 2
     c.mesh_shape = (-1, 1)  # ('data', 'fsdp'); -1 = all remaining devices
     c.accumulation_steps = 1  # micro-batches per step (gradient caching keeps global negatives)
-    c.init_checkpoint = ""  # CLIP weights (HF folder, OpenAI .pt, converted folder); "" = random init
+    # CLIP weights (HF folder, OpenAI .pt, converted folder); "" = random init. The paper's
+    # numbers start from OpenAI CLIP: pass --config.init_checkpoint=/path/to/ViT-B-32.pt.
+    c.init_checkpoint = ""
 
     c.model = ml_collections.ConfigDict(dict(
         clip_preset="vit_b32",  # architecture when init_checkpoint is empty: tiny | vit_b32 | vit_b16
@@ -46,7 +48,47 @@ def base_config() -> ml_collections.ConfigDict:
         b1=0.9, b2=0.98, eps=1e-6, grad_clip_norm=1.0,
     ))
     c.data = ml_collections.ConfigDict(dict(
-        image_size=224, random_crop=False, random_flip=False, shuffle_buffer=2048, num_parallel_calls=-1,
+        random_crop=False, random_flip=False,
+        caption_sampling="random",  # training rows: "random" (one caption per video per epoch) or "all"
     ))
     c.eval = ml_collections.ConfigDict(dict(split="test", batch_size=64, block_size=64))
+    return c
+
+
+# method.md sections 1 and 6. `train_rows`: rows of one training epoch with every caption used
+# (CLIP4Clip expands MSR-VTT's and MSVD's sentences; DiDeMo and ActivityNet have one paragraph
+# per video); epochs from X-CLIP's scripts (method.md section 5).
+DATASETS = {
+    "msrvtt": dict(frames=12, words=32, epochs=5, train_rows=180_000, eval_split="test"),
+    "msvd": dict(frames=12, words=32, epochs=5, train_rows=48_774, eval_split="test"),
+    "didemo": dict(frames=64, words=64, epochs=20, train_rows=8_392, eval_split="test"),
+    "activitynet": dict(frames=64, words=64, epochs=20, train_rows=10_009, eval_split="val"),
+}
+BACKBONES = ("vit_b32", "vit_b16")
+
+
+def dataset_config(dataset: str, backbone: str, arg: str | None = None) -> ml_collections.ConfigDict:
+    """The paper's setting for `dataset` x `backbone`; `arg="tiny"` gives the same config at test size
+    (tiny random CLIP, a few frames and words, batch 8, 2 steps)."""
+    if dataset not in DATASETS or backbone not in BACKBONES:
+        raise ValueError(f"dataset must be one of {sorted(DATASETS)} and backbone one of {BACKBONES}")
+    if arg not in (None, "tiny"):
+        raise ValueError(f"config argument must be empty or 'tiny', got {arg!r}")
+    d = DATASETS[dataset]
+    c = base_config()
+    c.dataset = dataset
+    c.model.clip_preset = backbone
+    c.model.max_frames, c.model.max_words = d["frames"], d["words"]
+    c.data.caption_sampling = "all"
+    c.total_steps = d["epochs"] * -(-d["train_rows"] // c.global_batch_size)
+    c.checkpoint_every = max(c.total_steps // d["epochs"], 1)  # once per epoch
+    c.eval.split = d["eval_split"]
+    if d["frames"] == 64:  # paragraph sets: smaller similarity blocks for 64 x 64 token grids
+        c.loss.block_size = c.eval.block_size = 16
+    if arg == "tiny":
+        c.model.clip_preset = "tiny"
+        c.model.max_frames, c.model.max_words = 4, 16
+        c.model.temporal_layers = 1
+        c.global_batch_size, c.total_steps, c.log_every, c.checkpoint_every = 8, 2, 1, 2
+        c.eval.batch_size = 8
     return c

@@ -138,6 +138,23 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ablate(args: argparse.Namespace) -> int:
+    """Train and evaluate each ablation variant (x seeds) and print one table."""
+    from tvr_jax import ablation
+
+    cfg = _config(args)
+    if cfg.dataset == "synthetic" and not cfg.data_dir:
+        from data_pipeline import prepare
+
+        cfg.data_dir = os.path.join(args.workdir, "data")
+        prepare.prepare("synthetic", cfg.data_dir)
+    variants = args.variants or list(ablation.VARIANTS)
+    ablation.run_ablation(cfg, args.workdir, variants, args.seeds)
+    with open(os.path.join(args.workdir, "ablation.md")) as f:
+        print(f.read())
+    return 0
+
+
 def _save_config(cfg, workdir: str) -> None:
     os.makedirs(workdir, exist_ok=True)
     tmp = os.path.join(workdir, "config.json.tmp")
@@ -194,6 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=int, default=None, help="step to evaluate (default: the newest)")
     p.set_defaults(fn=_eval)
 
+    p = sub.add_parser("ablate", help="train + evaluate the paper's ablation variants and print one table")
+    _add_config_arguments(p)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds per variant")
+    p.add_argument("--variants", nargs="+", default=None, help="variant names (default: all, see tvr_jax/ablation.py)")
+    p.set_defaults(fn=_ablate)
+
     p = sub.add_parser("demo", help="synthetic set -> train the tiny model -> evaluate (the main job)")
     p.add_argument("--workdir", default="demo_run", help="receives data/, checkpoints/, metrics.jsonl and eval/")
     p.add_argument("--scale", type=int, default=1, help="synthetic set size multiplier")
@@ -209,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = parser.parse_known_args(argv)
     overrides = [r[len("--config."):] for r in rest if r.startswith("--config.")]
     unknown = [r for r in rest if not r.startswith("--config.")]
-    if unknown or (overrides and args.command not in ("train", "eval", "demo")):
+    if unknown or (overrides and args.command not in ("train", "eval", "demo", "ablate")):
         parser.error(f"unrecognised arguments: {' '.join(unknown or rest)}")
     args.overrides = overrides
     try:

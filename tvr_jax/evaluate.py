@@ -113,6 +113,7 @@ def evaluate_checkpoint(cfg, workdir: str, step: int | None = None, *, mesh: Mes
     from tvr_jax import train as train_lib
     from tvr_jax.optim import make_optimizer
 
+    train_lib.validate_config(cfg)
     mesh = mesh or sharding.make_mesh(tuple(cfg.mesh_shape))
     if cfg.eval.batch_size % sharding.num_batch_shards(mesh):
         raise ValueError(f"eval.batch_size={cfg.eval.batch_size} must be divisible by the {sharding.num_batch_shards(mesh)} batch shards")

@@ -45,6 +45,37 @@ class TrainState(flax.struct.PyTreeNode):
     bad_parts: jax.Array
 
 
+def validate_config(cfg) -> None:
+    """Every field a run uses, checked before anything heavy: errors name the field and the allowed values."""
+    problems = []
+    for field in ("global_batch_size", "total_steps", "log_every", "checkpoint_every", "keep_checkpoints",
+                  "accumulation_steps"):
+        if not isinstance(cfg[field], int) or cfg[field] < 1:
+            problems.append(f"{field}={cfg[field]!r} must be an integer >= 1")
+    if len(tuple(cfg.mesh_shape)) != len(sharding.MESH_AXES):
+        problems.append(f"mesh_shape={tuple(cfg.mesh_shape)} must give one size per axis {sharding.MESH_AXES}")
+    if cfg.model.clip_preset not in PRESETS:
+        problems.append(f"model.clip_preset={cfg.model.clip_preset!r} (allowed: {sorted(PRESETS)})")
+    if cfg.data.caption_sampling not in ("random", "all"):
+        problems.append(f"data.caption_sampling={cfg.data.caption_sampling!r} (allowed: 'random', 'all')")
+    if cfg.eval.batch_size < 1 or cfg.eval.block_size < 1:
+        problems.append(f"eval.batch_size={cfg.eval.batch_size} and eval.block_size={cfg.eval.block_size} must be >= 1")
+    if problems:
+        raise ValueError("invalid config: " + "; ".join(problems))
+    try:  # the dataclasses check the model and loss fields, naming each bad one
+        _retrieval_config(cfg, PRESETS[cfg.model.clip_preset])
+        loss_config(cfg)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"invalid config: {e}") from None
+
+
+def _retrieval_config(cfg, clip_cfg) -> RetrievalConfig:
+    m = cfg.model
+    return RetrievalConfig(clip=clip_cfg, max_frames=m.max_frames, max_words=m.max_words, temporal=m.temporal,
+                           temporal_layers=m.temporal_layers, patch_tokens=m.patch_tokens,
+                           interaction=m.interaction, wti_mlp=m.wti_mlp, tpm=m.tpm)
+
+
 def build_model(cfg) -> tuple[RetrievalModel, dict | None]:
     """The model of `cfg.model`, and CLIP parameters when `cfg.init_checkpoint` is set."""
     m = cfg.model
@@ -61,10 +92,7 @@ def build_model(cfg) -> tuple[RetrievalModel, dict | None]:
             raise ValueError(f"model.clip_preset={m.clip_preset!r} (allowed: {sorted(PRESETS)})")
         geometry = {k: m[k] for k in ("image_size", "patch_size") if m.get(k, 0) > 0}
         clip_cfg = PRESETS[m.clip_preset].replace(**compute, **geometry)
-    rcfg = RetrievalConfig(clip=clip_cfg, max_frames=m.max_frames, max_words=m.max_words, temporal=m.temporal,
-                           temporal_layers=m.temporal_layers, patch_tokens=m.patch_tokens,
-                           interaction=m.interaction, wti_mlp=m.wti_mlp, tpm=m.tpm)
-    return RetrievalModel(rcfg), clip_params
+    return RetrievalModel(_retrieval_config(cfg, clip_cfg)), clip_params
 
 
 def loss_config(cfg) -> LossConfig:
@@ -286,7 +314,8 @@ def dataset_input(cfg, split: str, training: bool, model_config: RetrievalConfig
     input_cfg = InputConfig(split=split, training=training, global_batch_size=batch_size,
                             num_frames=model_config.max_frames, max_words=model_config.max_words,
                             image_size=model_config.clip.image_size, random_crop=cfg.data.random_crop and training,
-                            random_flip=cfg.data.random_flip and training, seed=cfg.seed, **kw)
+                            random_flip=cfg.data.random_flip and training, seed=cfg.seed,
+                            caption_sampling=cfg.data.caption_sampling, **kw)
     return VideoTextInput(dataset_dir(cfg.data_dir, cfg.dataset), input_cfg)
 
 
@@ -309,6 +338,7 @@ def train(cfg, workdir: str, make_batches: MakeBatches, *, mesh: Mesh | None = N
     the run early after that many steps of this invocation (tests use it to simulate a kill);
     SIGTERM saves and exits.
     """
+    validate_config(cfg)
     mesh = mesh or sharding.make_mesh(tuple(cfg.mesh_shape))
     if cfg.global_batch_size % (sharding.num_batch_shards(mesh) * cfg.accumulation_steps):
         raise ValueError(f"global_batch_size={cfg.global_batch_size} must be divisible by the batch shards "

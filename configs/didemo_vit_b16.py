@@ -1,0 +1,13 @@
+"""didemo with CLIP vit_b16: the paper's setting (method.md sections 1, 5, 6).
+
+    tvr-jax prepare --dataset didemo --videos VIDEOS --annotations ANNOTATIONS --out DATA
+    tvr-jax train --config configs/didemo_vit_b16.py --workdir runs/didemo_vit_b16 --config.data_dir=DATA --config.init_checkpoint=CLIP_WEIGHTS
+    tvr-jax eval  --config configs/didemo_vit_b16.py --workdir runs/didemo_vit_b16 --config.data_dir=DATA
+`get_config("tiny")` (`--config configs/didemo_vit_b16.py:tiny`) is the same config at test size.
+"""
+
+from configs.base import dataset_config
+
+
+def get_config(arg=None):
+    return dataset_config("didemo", "vit_b16", arg)
