@@ -4,15 +4,24 @@ fake devices, resume, evaluate, and read the report."""
 import json
 import os
 
+import jax
+import numpy as np
+import pytest
+
 from data_pipeline import prepare
-from tvr_jax import cli
+from tvr_jax import cli, clip, metrics
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "synthetic.py")
 
 
-def test_prepare_train_resume_eval(tmp_path, capsys):
-    data = str(tmp_path / "data")
-    prepare.prepare("synthetic", data, progress=False)
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("prepared"))
+    prepare.prepare("synthetic", out, progress=False)
+    return out
+
+
+def test_prepare_train_resume_eval(data, tmp_path, capsys):
     work = str(tmp_path / "run")
     tiny = [f"--config.data_dir={data}", "--config.global_batch_size=8", "--config.model.max_frames=4",
             "--config.model.temporal_layers=1", "--config.log_every=1", "--config.checkpoint_every=2",
@@ -32,3 +41,39 @@ def test_prepare_train_resume_eval(tmp_path, capsys):
     # A bad override is refused with the field's name.
     assert cli.main(["train", "--config", CONFIG, "--workdir", work, "--config.model.temporal=lstm"] + tiny) == 2
     assert "temporal='lstm'" in capsys.readouterr().err
+
+
+def test_zero_shot_equals_plain_clip_cosine(data, tmp_path):
+    """`eval --zero-shot` on converted CLIP weights = cosine of CLIP's text embedding and the mean
+    of its normalised frame embeddings, computed here directly from `clip.CLIP`."""
+    model = clip.CLIP(clip.PRESETS["tiny"])
+    params = model.init(jax.random.PRNGKey(3), *model.init_inputs(1))["params"]
+    clip.save_converted(model.config, params, str(tmp_path / "clip"))
+    work = str(tmp_path / "zs")
+    args = ["eval", "--zero-shot", "--config", CONFIG, "--workdir", work, f"--config.data_dir={data}",
+            f"--config.init_checkpoint={tmp_path / 'clip'}", "--config.model.max_frames=4", "--config.eval.batch_size=8"]
+    assert cli.main(args) == 0
+    with open(os.path.join(work, "eval", "metrics.json")) as f:
+        report = json.load(f)
+    assert report["checkpoint"]["zero_shot"].endswith("clip")
+
+    from configs.synthetic import get_config
+    from tvr_jax import train
+
+    cfg = get_config()
+    cfg.data_dir, cfg.model.max_frames = data, 4
+    rcfg = train.build_model(cfg)[0].config
+    norm = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
+    videos, texts, video_of_text = [], [], []
+    for batch in train.dataset_input(cfg, "test", False, rcfg, 8, eval_rows="videos", process_index=0, process_count=1):
+        b, t = batch["video"].shape[:2]
+        frames = model.apply({"params": params}, batch["video"].reshape(b * t, 32, 32, 3), method=model.encode_image)
+        frames = norm(np.asarray(frames)).reshape(b, t, -1)
+        pooled = (frames * batch["video_mask"][..., None]).sum(1) / batch["video_mask"].sum(1, keepdims=True)
+        videos.append(norm(pooled)[batch["valid"]])
+    for batch in train.dataset_input(cfg, "test", False, rcfg, 8, eval_rows="captions", process_index=0, process_count=1):
+        texts.append(norm(np.asarray(model.apply({"params": params}, batch["text_ids"], method=model.encode_text)))[batch["valid"]])
+        video_of_text.append(batch["video_index"][batch["valid"]])
+    sim = np.concatenate(texts) @ np.concatenate(videos).T
+    ref = metrics.multi_caption_metrics(sim, np.concatenate(video_of_text))
+    assert report["t2v"] == pytest.approx(ref["t2v"]) and report["v2t"] == pytest.approx(ref["v2t"])

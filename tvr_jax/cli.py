@@ -109,7 +109,10 @@ def _eval(args: argparse.Namespace) -> int:
     from tvr_jax import evaluate
 
     cfg = _config(args)
-    evaluate.evaluate_checkpoint(cfg, args.workdir, args.checkpoint)
+    if args.zero_shot:
+        evaluate.evaluate_zero_shot(cfg, args.workdir)
+    else:
+        evaluate.evaluate_checkpoint(cfg, args.workdir, args.checkpoint)
     with open(os.path.join(args.workdir, "eval", "metrics.md")) as f:
         print(f.read())
     return 0
@@ -209,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a trained checkpoint in the paper's protocol")
     _add_config_arguments(p)
     p.add_argument("--checkpoint", type=int, default=None, help="step to evaluate (default: the newest)")
+    p.add_argument("--zero-shot", action="store_true", help="evaluate --config.init_checkpoint's CLIP untrained (meanP, cosine)")
     p.set_defaults(fn=_eval)
 
     p = sub.add_parser("ablate", help="train + evaluate the paper's ablation variants and print one table")

@@ -115,8 +115,6 @@ def evaluate_checkpoint(cfg, workdir: str, step: int | None = None, *, mesh: Mes
 
     train_lib.validate_config(cfg)
     mesh = mesh or sharding.make_mesh(tuple(cfg.mesh_shape))
-    if cfg.eval.batch_size % sharding.num_batch_shards(mesh):
-        raise ValueError(f"eval.batch_size={cfg.eval.batch_size} must be divisible by the {sharding.num_batch_shards(mesh)} batch shards")
     model, _ = train_lib.build_model(cfg)
     optimizer = make_optimizer(cfg.optim, cfg.total_steps)
     state, shardings = train_lib.create_train_state(cfg, model, optimizer, mesh)
@@ -127,19 +125,45 @@ def evaluate_checkpoint(cfg, workdir: str, step: int | None = None, *, mesh: Mes
         state, _ = train_lib.restore_checkpoint(manager, state, shardings, step)
     finally:
         manager.close()
-    lcfg = train_lib.loss_config(cfg)
-    lcfg = dataclasses.replace(lcfg, block_size=cfg.eval.block_size)
+    trained_step = int(jax.device_get(state.step))
+    checkpoint = {"step": trained_step, "selection": "last checkpoint" if step is None else f"step {step} as asked",
+                  "note": "no model selection on the test split"}
+    return _evaluate_params(cfg, model, state.params, mesh, workdir, checkpoint, f"step {trained_step}")
+
+
+def evaluate_zero_shot(cfg, workdir: str, *, mesh: Mesh | None = None) -> dict[str, Any]:
+    """CLIP weights (`cfg.init_checkpoint`) with no training: meanP frames, cosine of pooled features."""
+    from tvr_jax import train as train_lib
+    from tvr_jax.config_io import apply_override
+    from tvr_jax.models.retrieval import init_from_clip
+
+    cfg = cfg.copy_and_resolve_references()
+    for item in ("model.temporal='meanP'", "model.interaction='cosine'", "model.tpm=False", "loss.lambda_tpm=0.0"):
+        apply_override(cfg, item)
+    train_lib.validate_config(cfg)
+    if not cfg.init_checkpoint:
+        raise ValueError("--zero-shot evaluates CLIP weights: pass --config.init_checkpoint=PATH")
+    mesh = mesh or sharding.make_mesh(tuple(cfg.mesh_shape))
+    model, clip_params = train_lib.build_model(cfg)
+    params = model.init(jax.random.PRNGKey(0), *model.dummy_batch(1))["params"]
+    params = init_from_clip(model.config, params, clip_params)
+    checkpoint = {"zero_shot": cfg.init_checkpoint, "note": "no training: meanP, cosine of pooled features"}
+    return _evaluate_params(cfg, model, params, mesh, workdir, checkpoint, "zero-shot CLIP")
+
+
+def _evaluate_params(cfg, model: RetrievalModel, params, mesh: Mesh, workdir: str, checkpoint: dict, what: str) -> dict:
+    from tvr_jax import train as train_lib
+
+    if cfg.eval.batch_size % sharding.num_batch_shards(mesh):
+        raise ValueError(f"eval.batch_size={cfg.eval.batch_size} must be divisible by the {sharding.num_batch_shards(mesh)} batch shards")
+    lcfg = dataclasses.replace(train_lib.loss_config(cfg), block_size=cfg.eval.block_size)
     split = cfg.eval.split
     streams = {kind: train_lib.dataset_input(cfg, split, False, model.config, cfg.eval.batch_size, eval_rows=kind)
                for kind in ("videos", "captions")}
-    videos = encode(model, state.params, streams["videos"], mesh, "videos")
-    texts = encode(model, state.params, streams["captions"], mesh, "captions")
+    videos = encode(model, params, streams["videos"], mesh, "videos")
+    texts = encode(model, params, streams["captions"], mesh, "captions")
     sim = score(texts, videos, model.config.interaction, lcfg, mesh)
     report = retrieval_report(sim, texts["video_index"])
-    trained_step = int(jax.device_get(state.step))
-    report["checkpoint"] = {"step": trained_step, "selection": "last checkpoint" if step is None else f"step {step} as asked",
-                            "note": "no model selection on the test split"}
-    report["split"] = split
-    report["dataset"] = cfg.dataset
-    write_report(report, os.path.join(workdir, "eval"), f"{cfg.dataset} {split}, step {trained_step}")
+    report.update(checkpoint=checkpoint, split=split, dataset=cfg.dataset)
+    write_report(report, os.path.join(workdir, "eval"), f"{cfg.dataset} {split}, {what}")
     return report
