@@ -38,6 +38,22 @@ def test_prepare_train_resume_eval(data, tmp_path, capsys):
     assert report["checkpoint"]["step"] == 3
     assert 0.0 <= report["t2v"]["R@1"] <= 100.0 and report["t2v"]["MnR"] >= 1.0
     assert "| raw |" in capsys.readouterr().out
+    # Export the test split, then search it: chunked scoring gives the ranking of one big chunk.
+    index = str(tmp_path / "index")
+    assert cli.main(["export", "--config", CONFIG, "--workdir", work, "--split", "test", "--out", index] + tiny) == 0
+    from tvr_jax import search
+
+    manifest, video_ids, arrays = search.load_index(index)
+    assert manifest["num_videos"] == len(video_ids) == arrays["frames"].shape[0] == 100
+    query = "a red square moves north and a blue circle moves west"
+    chunked = search.search(index, query, top_k=5, chunk=16)
+    whole = search.search(index, query, top_k=5, chunk=4096)
+    assert [v for v, _ in chunked] == [v for v, _ in whole] and len(chunked) == 5
+    np.testing.assert_allclose([s for _, s in chunked], [s for _, s in whole], rtol=1e-5, atol=1e-6)
+    assert all(a >= b for (_, a), (_, b) in zip(chunked, chunked[1:]))
+    capsys.readouterr()
+    assert cli.main(["search", index, query, "--top-k", "3"]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 3
     # A bad override is refused with the field's name.
     assert cli.main(["train", "--config", CONFIG, "--workdir", work, "--config.model.temporal=lstm"] + tiny) == 2
     assert "temporal='lstm'" in capsys.readouterr().err

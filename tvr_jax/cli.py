@@ -158,6 +158,25 @@ def _ablate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    """Token features of a split (videos and captions) into an index folder with a manifest."""
+    from tvr_jax import search
+
+    manifest = search.export_index(_config(args), args.workdir, args.out, args.split, args.checkpoint)
+    print(f"exported {manifest['num_videos']} videos and {manifest['num_captions']} captions of "
+          f"{manifest['dataset']}/{manifest['split']} (step {manifest['run']['step']}) to {args.out}")
+    return 0
+
+
+def _search(args: argparse.Namespace) -> int:
+    """Rank the indexed videos for a free-text query."""
+    from tvr_jax import search
+
+    for rank, (video_id, score) in enumerate(search.search(args.index, args.query, args.top_k), 1):
+        print(f"{rank:3d}  {score:.4f}  {video_id}")
+    return 0
+
+
 def _save_config(cfg, workdir: str) -> None:
     os.makedirs(workdir, exist_ok=True)
     tmp = os.path.join(workdir, "config.json.tmp")
@@ -221,6 +240,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variants", nargs="+", default=None, help="variant names (default: all, see tvr_jax/ablation.py)")
     p.set_defaults(fn=_ablate)
 
+    p = sub.add_parser("export", help="write a split's token features to an index folder (for `search`)")
+    _add_config_arguments(p)
+    p.add_argument("--split", required=True)
+    p.add_argument("--out", required=True, help="index folder (must not hold an index yet)")
+    p.add_argument("--checkpoint", type=int, default=None, help="step (default: the newest)")
+    p.set_defaults(fn=_export)
+
+    p = sub.add_parser("search", help="rank indexed videos for a free-text query")
+    p.add_argument("index", help="folder written by `tvr-jax export`")
+    p.add_argument("query")
+    p.add_argument("--top-k", type=int, default=10)
+    p.set_defaults(fn=_search)
+
     p = sub.add_parser("demo", help="synthetic set -> train the tiny model -> evaluate (the main job)")
     p.add_argument("--workdir", default="demo_run", help="receives data/, checkpoints/, metrics.jsonl and eval/")
     p.add_argument("--scale", type=int, default=1, help="synthetic set size multiplier")
@@ -236,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = parser.parse_known_args(argv)
     overrides = [r[len("--config."):] for r in rest if r.startswith("--config.")]
     unknown = [r for r in rest if not r.startswith("--config.")]
-    if unknown or (overrides and args.command not in ("train", "eval", "demo", "ablate")):
+    if unknown or (overrides and args.command not in ("train", "eval", "demo", "ablate", "export")):
         parser.error(f"unrecognised arguments: {' '.join(unknown or rest)}")
     args.overrides = overrides
     try:

@@ -111,24 +111,12 @@ def evaluate_checkpoint(cfg, workdir: str, step: int | None = None, *, mesh: Mes
     is the one reported, and the report says so. Writes WORKDIR/eval/metrics.{json,md,csv}.
     """
     from tvr_jax import train as train_lib
-    from tvr_jax.optim import make_optimizer
 
-    train_lib.validate_config(cfg)
     mesh = mesh or sharding.make_mesh(tuple(cfg.mesh_shape))
-    model, _ = train_lib.build_model(cfg)
-    optimizer = make_optimizer(cfg.optim, cfg.total_steps)
-    state, shardings = train_lib.create_train_state(cfg, model, optimizer, mesh)
-    manager = train_lib.checkpoint_manager(workdir, cfg.keep_checkpoints)
-    try:
-        if manager.latest_step() is None:
-            raise FileNotFoundError(f"{workdir}/checkpoints holds no checkpoint: train first (tvr-jax train)")
-        state, _ = train_lib.restore_checkpoint(manager, state, shardings, step)
-    finally:
-        manager.close()
-    trained_step = int(jax.device_get(state.step))
+    model, params, trained_step = train_lib.restore_params(cfg, workdir, step, mesh)
     checkpoint = {"step": trained_step, "selection": "last checkpoint" if step is None else f"step {step} as asked",
                   "note": "no model selection on the test split"}
-    return _evaluate_params(cfg, model, state.params, mesh, workdir, checkpoint, f"step {trained_step}")
+    return _evaluate_params(cfg, model, params, mesh, workdir, checkpoint, f"step {trained_step}")
 
 
 def evaluate_zero_shot(cfg, workdir: str, *, mesh: Mesh | None = None) -> dict[str, Any]:

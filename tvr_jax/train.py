@@ -244,6 +244,22 @@ def restore_checkpoint(manager, state: TrainState, shardings: TrainState, step: 
     return out["state"], out["data"]
 
 
+def restore_params(cfg, workdir: str, step: int | None = None, mesh: Mesh | None = None):
+    """(model, params, step) of checkpoint `step` (default: the newest) of `workdir`."""
+    validate_config(cfg)
+    mesh = mesh or sharding.make_mesh(tuple(cfg.mesh_shape))
+    model, _ = build_model(cfg)
+    state, shardings = create_train_state(cfg, model, make_optimizer(cfg.optim, cfg.total_steps), mesh)
+    manager = checkpoint_manager(workdir, cfg.keep_checkpoints)
+    try:
+        if manager.latest_step() is None:
+            raise FileNotFoundError(f"{workdir}/checkpoints holds no checkpoint: train first (tvr-jax train)")
+        state, _ = restore_checkpoint(manager, state, shardings, step)
+    finally:
+        manager.close()
+    return model, state.params, int(jax.device_get(state.step))
+
+
 # ==============================================================================================
 # 4. Logs: console, metrics.jsonl, TensorBoard
 # ==============================================================================================

@@ -1,0 +1,125 @@
+"""Export a split's token features to an on-disk index, and rank indexed videos for free text.
+
+Index layout (INDEX_DIR, every file written to a temporary name and renamed; the manifest last):
+  manifest.json    {"format": "tvr_jax.index/1", "dataset", "split", "num_videos", "num_captions",
+                    "arrays": {name: {"shape", "dtype"}}, "run": {"workdir", "step", "config"}}
+  video_ids.json   the split's video ids, row order of the video arrays
+  frames.npy       float16 (N, T, D) L2-normalised frame tokens F
+  frame_mask.npy   bool (N, T)
+  frame_logits.npy float16 (N, T), only for the 'wti' interactions
+  text_*.npy       the same for the split's captions (t_cls, words, word_mask, word_weights,
+                   word_logits), with caption_video.npy (int32, the video of each caption)
+
+Search reads the video arrays memory-mapped and scores them in chunks with the training
+similarity, keeping a running top-k: memory holds one chunk's tokens, never all pairs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tvr_jax import sharding
+
+INDEX_FORMAT = "tvr_jax.index/1"
+_FLOAT16 = ("frames", "frame_logits", "t_cls", "words", "word_logits")
+
+
+def _save_npy(path: str, array: np.ndarray) -> None:
+    tmp = path + ".tmp.npy"
+    np.save(tmp, array)
+    os.replace(tmp, path)
+
+
+def export_index(cfg, workdir: str, out_dir: str, split: str, step: int | None = None) -> dict[str, Any]:
+    """Encode every video and caption of `split` with the checkpoint of `workdir`; write the index."""
+    from tvr_jax import evaluate, train
+
+    if os.path.exists(os.path.join(out_dir, "manifest.json")):
+        raise FileExistsError(f"{out_dir} already holds an index; choose another --out or delete it")
+    model, params, trained_step = train.restore_params(cfg, workdir, step)
+    mesh = sharding.make_mesh(tuple(cfg.mesh_shape))
+    streams = {kind: train.dataset_input(cfg, split, False, model.config, cfg.eval.batch_size, eval_rows=kind)
+               for kind in ("videos", "captions")}
+    videos = evaluate.encode(model, params, streams["videos"], mesh, "videos")
+    texts = evaluate.encode(model, params, streams["captions"], mesh, "captions")
+    os.makedirs(out_dir, exist_ok=True)
+    arrays = {}
+    for prefix, feats in (("", videos), ("text_", texts)):
+        for name, value in feats.items():
+            if name == "video_index":
+                continue
+            value = value.astype(np.float16) if name in _FLOAT16 else value
+            _save_npy(os.path.join(out_dir, f"{prefix}{name}.npy"), value)
+            arrays[prefix + name] = {"shape": list(value.shape), "dtype": str(value.dtype)}
+    _save_npy(os.path.join(out_dir, "caption_video.npy"), texts["video_index"].astype(np.int32))
+    video_ids = [streams["videos"].video_ids[i] for i in videos["video_index"]]
+    manifest = {"format": INDEX_FORMAT, "dataset": cfg.dataset, "split": split, "num_videos": len(video_ids),
+                "num_captions": int(len(texts["video_index"])), "arrays": arrays,
+                "run": {"workdir": os.path.abspath(workdir), "step": trained_step, "config": json.loads(cfg.to_json_best_effort())}}
+    for name, content in (("video_ids.json", video_ids), ("manifest.json", manifest)):
+        tmp = os.path.join(out_dir, name + ".tmp")
+        with open(tmp, "w") as f:
+            json.dump(content, f, indent=1)
+        os.replace(tmp, os.path.join(out_dir, name))
+    return manifest
+
+
+def load_index(index_dir: str) -> tuple[dict, list[str], dict[str, np.ndarray]]:
+    """(manifest, video ids, memory-mapped video arrays)."""
+    path = os.path.join(index_dir, "manifest.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{index_dir} is not an index (no manifest.json); make one with `tvr-jax export`")
+    with open(path) as f:
+        manifest = json.load(f)
+    if manifest.get("format") != INDEX_FORMAT:
+        raise ValueError(f"{path}: format {manifest.get('format')!r}, expected {INDEX_FORMAT!r}")
+    with open(os.path.join(index_dir, "video_ids.json")) as f:
+        video_ids = json.load(f)
+    videos = {name: np.load(os.path.join(index_dir, f"{name}.npy"), mmap_mode="r")
+              for name in ("frames", "frame_mask", "frame_logits") if name in manifest["arrays"]}
+    return manifest, video_ids, videos
+
+
+def search(index_dir: str, query: str, top_k: int = 10, chunk: int = 8192) -> list[tuple[str, float]]:
+    """The `top_k` indexed videos for a free-text query, by the model's similarity."""
+    import ml_collections
+
+    from data_pipeline.tokenizer import default_tokenizer
+    from data_pipeline.word_weights import caption_weights, load_tagger
+    from tvr_jax import train
+    from tvr_jax.objective import similarity_matrix
+
+    manifest, video_ids, videos = load_index(index_dir)
+    cfg = ml_collections.ConfigDict(manifest["run"]["config"])
+    model, params, _ = train.restore_params(cfg, manifest["run"]["workdir"], manifest["run"]["step"])
+    if top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    caption = default_tokenizer().tokenize_caption(query, model.config.max_words)
+    ids = np.zeros((1, model.config.max_words), np.int32)
+    ids[0, : len(caption.ids)] = caption.ids
+    weights = np.zeros(ids.shape, np.float32)
+    weights[0, : len(caption.ids)] = caption_weights([caption], load_tagger("auto"))[0]
+    text = model.apply({"params": params}, jnp.asarray(ids), jnp.asarray(ids > 0), jnp.asarray(weights, jnp.float32),
+                       method=model.encode_text)
+    lcfg = train.loss_config(cfg)
+    score = jax.jit(lambda t, v: similarity_matrix(t, v, model.config.interaction, lcfg)[0])
+    best_scores, best_rows = np.empty(0, np.float32), np.empty(0, np.int64)
+    n = len(video_ids)
+    for start in range(0, n, chunk):
+        part = {k: np.asarray(v[start : start + chunk]) for k, v in videos.items()}
+        part = {k: (v.astype(np.float32) if v.dtype == np.float16 else v) for k, v in part.items()}
+        if len(part["frames"]) < chunk and n > chunk:  # pad the last chunk: one compiled shape
+            pad = chunk - len(part["frames"])
+            part = {k: np.concatenate([v, np.zeros((pad, *v.shape[1:]), v.dtype)]) for k, v in part.items()}
+        s = np.asarray(score(text, part))[: min(chunk, n - start)]
+        best_scores = np.concatenate([best_scores, s])
+        best_rows = np.concatenate([best_rows, np.arange(start, start + len(s))])
+        keep = np.argsort(-best_scores, kind="stable")[:top_k]
+        best_scores, best_rows = best_scores[keep], best_rows[keep]
+    return [(video_ids[r], float(s)) for r, s in zip(best_rows, best_scores)]
