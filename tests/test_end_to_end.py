@@ -38,6 +38,11 @@ def test_prepare_train_resume_eval(data, tmp_path, capsys):
     assert report["checkpoint"]["step"] == 3
     assert 0.0 <= report["t2v"]["R@1"] <= 100.0 and report["t2v"]["MnR"] >= 1.0
     assert "| raw |" in capsys.readouterr().out
+    gallery = open(os.path.join(work, "eval", "gallery.html")).read()
+    assert gallery.count("<tr>") == 12 and "rank" in gallery
+    for src in set(__import__("re").findall(r"src='(thumbs/\d+\.jpg)'", gallery)):
+        assert os.path.isfile(os.path.join(work, "eval", src)), src
+    assert os.path.getsize(os.path.join(work, "eval", "recall_at_k.png")) > 1000
     # Export the test split, then search it: chunked scoring gives the ranking of one big chunk.
     index = str(tmp_path / "index")
     assert cli.main(["export", "--config", CONFIG, "--workdir", work, "--split", "test", "--out", index] + tiny) == 0

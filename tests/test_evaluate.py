@@ -47,3 +47,18 @@ def test_report_layout(tmp_path):
     table = (tmp_path / "metrics.md").read_text()
     assert "| raw |" in table and "DSL (test-time trick)" in table
     assert (tmp_path / "metrics.csv").read_text().splitlines()[0] == "variant,direction,R@1,R@5,R@10,MdR,MnR"
+
+
+def test_recall_curve_agrees_with_metrics_and_png(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    sim = rng.normal(size=(30, 12)) + 1.5 * np.repeat(np.eye(12), [3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2], axis=0)
+    caption_video = np.repeat(np.arange(12), [3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2])
+    curve = evaluate.recall_curve(sim, caption_video)
+    report = evaluate.retrieval_report(sim, caption_video)
+    for k in (1, 5, 10):
+        assert curve["t2v"][k - 1] == report["t2v"][f"R@{k}"] and curve["v2t"][k - 1] == report["v2t"][f"R@{k}"]
+    assert curve["K"][-1] == 12 and curve["t2v"][-1] == 100.0
+    evaluate.write_recall_curve(sim, caption_video, str(tmp_path / "r.png"))
+    assert Image.open(tmp_path / "r.png").size == (640, 400)

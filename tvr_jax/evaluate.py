@@ -46,7 +46,8 @@ def encode(model: RetrievalModel, params: dict, batches: Iterable[dict], mesh: M
     for batch in batches:
         out = jax.device_get(step(params, jax.device_put({k: batch[k] for k in inputs}, in_sharding)))
         valid = np.asarray(batch["valid"], bool)
-        for k, v in {**out, "video_index": batch["video_index"]}.items():
+        ids = {"text_ids": batch["text_ids"]} if kind == "captions" else {}  # for the gallery's captions
+        for k, v in {**out, "video_index": batch["video_index"], **ids}.items():
             chunks.setdefault(k, []).append(np.asarray(v)[valid])
     if not chunks:
         raise ValueError(f"no {kind} to encode: the split is empty")
@@ -153,5 +154,97 @@ def _evaluate_params(cfg, model: RetrievalModel, params, mesh: Mesh, workdir: st
     sim = score(texts, videos, model.config.interaction, lcfg, mesh)
     report = retrieval_report(sim, texts["video_index"])
     report.update(checkpoint=checkpoint, split=split, dataset=cfg.dataset)
-    write_report(report, os.path.join(workdir, "eval"), f"{cfg.dataset} {split}, {what}")
+    out_dir = os.path.join(workdir, "eval")
+    write_report(report, out_dir, f"{cfg.dataset} {split}, {what}")
+    write_recall_curve(sim, texts["video_index"], os.path.join(out_dir, "recall_at_k.png"))
+    video_ids = [streams["videos"].video_ids[i] for i in videos["video_index"]]
+    fresh_videos = train_lib.dataset_input(cfg, split, False, model.config, cfg.eval.batch_size, eval_rows="videos")
+    write_gallery(sim, texts, video_ids, fresh_videos, out_dir, f"{cfg.dataset} {split}, {what}")
     return report
+
+
+# ----------------------------------------------------------------------------------------------
+# Pictures: a recall-at-K curve and a gallery of sample queries with their top-5 videos.
+# ----------------------------------------------------------------------------------------------
+def recall_curve(sim: np.ndarray, caption_video: np.ndarray, max_k: int = 50) -> dict[str, np.ndarray]:
+    """R@K for K = 1..max_k in both directions (the protocol of `metrics.multi_caption_metrics`)."""
+    t2v = metrics_lib.ranks_of_truth(sim, caption_video)
+    num_videos = sim.shape[1]
+    group = np.full((num_videos, num_videos), -np.inf)
+    np.maximum.at(group.T, caption_video, sim)
+    v2t = metrics_lib.ranks_of_truth(group, np.arange(num_videos))
+    ks = np.arange(1, min(max_k, num_videos) + 1)
+    return {"K": ks, "t2v": np.array([100 * np.mean(t2v < k) for k in ks]), "v2t": np.array([100 * np.mean(v2t < k) for k in ks])}
+
+
+def write_recall_curve(sim: np.ndarray, caption_video: np.ndarray, path: str) -> None:
+    """recall_at_k.png: R@K against K, text->video (blue) and video->text (orange), drawn with PIL."""
+    from PIL import Image, ImageDraw
+
+    curve = recall_curve(sim, caption_video)
+    w, h, left, bottom, top, right = 640, 400, 60, 40, 20, 20
+    img = Image.new("RGB", (w, h), "white")
+    draw = ImageDraw.Draw(img)
+    x = lambda k: left + (k - 1) / max(curve["K"][-1] - 1, 1) * (w - left - right)
+    y = lambda r: h - bottom - r / 100 * (h - top - bottom)
+    draw.line([(left, top), (left, h - bottom), (w - right, h - bottom)], fill="black")
+    for r in range(0, 101, 20):
+        draw.line([(left - 4, y(r)), (left, y(r))], fill="black")
+        draw.text((left - 34, y(r) - 6), f"{r:3d}", fill="black")
+    for k in (1, 5, 10, 20, 50):
+        if k <= curve["K"][-1]:
+            draw.line([(x(k), h - bottom), (x(k), h - bottom + 4)], fill="black")
+            draw.text((x(k) - 6, h - bottom + 8), str(k), fill="black")
+    for name, colour in (("t2v", (31, 119, 180)), ("v2t", (255, 127, 14))):
+        draw.line([(x(k), y(r)) for k, r in zip(curve["K"], curve[name])], fill=colour, width=2)
+        draw.text((w - right - 110, top + (0 if name == "t2v" else 16)), f"{name} R@K", fill=colour)
+    draw.text((w // 2 - 10, h - 18), "K", fill="black")
+    tmp = path + ".tmp.png"
+    img.save(tmp)
+    os.replace(tmp, path)
+
+
+def write_gallery(sim: np.ndarray, texts: dict, video_ids: list[str], videos_stream, out_dir: str, title: str,
+                  num_queries: int = 12, top: int = 5) -> None:
+    """gallery.html + thumbs/: sample queries (evenly spaced over the split) with their top-5 videos'
+    middle frames; the true video is framed in green, others in grey."""
+    import html
+
+    from PIL import Image
+
+    from data_pipeline.input_pipeline import CLIP_MEAN, CLIP_STD
+    from data_pipeline.tokenizer import default_tokenizer
+
+    queries = np.unique(np.linspace(0, len(sim) - 1, min(num_queries, len(sim))).astype(int))
+    tops = {int(q): np.argsort(-sim[q], kind="stable")[:top] for q in queries}
+    wanted = {int(v) for q in queries for v in (*tops[int(q)], texts["video_index"][q])}
+    thumbs = os.path.join(out_dir, "thumbs")
+    os.makedirs(thumbs, exist_ok=True)
+    row = 0  # rows of the (valid) video stream, in the order `encode` saw them
+    for batch in videos_stream:
+        for i in np.flatnonzero(np.asarray(batch["valid"], bool)):
+            if row in wanted:
+                frames = np.asarray(batch["video"][i])[np.asarray(batch["video_mask"][i], bool)]
+                rgb = frames[len(frames) // 2] * np.asarray(CLIP_STD) + np.asarray(CLIP_MEAN)
+                Image.fromarray((np.clip(rgb, 0, 1) * 255).astype(np.uint8)).resize((112, 112)).save(
+                    os.path.join(thumbs, f"{row}.jpg"), quality=85)
+            row += 1
+    tok = default_tokenizer()
+    parts = [f"<html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head><body>",
+             f"<h2>{html.escape(title)}: top-{top} videos of sample queries (true video in green)</h2><table>"]
+    for q in queries:
+        ids = [int(t) for t in texts["text_ids"][q] if t not in (0, tok.sot_token, tok.eot_token)]
+        cells = []
+        for v in tops[int(q)]:
+            colour = "#2a2" if v == texts["video_index"][q] else "#bbb"
+            cells.append(f"<td style='text-align:center'><img src='thumbs/{v}.jpg' style='border:4px solid {colour}'>"
+                         f"<br><small>{html.escape(video_ids[v])}<br>{sim[q, v]:.3f}</small></td>")
+        truth = int(texts["video_index"][q])
+        rank = int(metrics_lib.ranks_of_truth(sim[q : q + 1], np.array([truth]))[0]) + 1
+        parts.append(f"<tr><td style='max-width:260px'>{html.escape(tok.decode(ids))}<br><small>true: "
+                     f"{html.escape(video_ids[truth])}, rank {rank}</small></td>{''.join(cells)}</tr>")
+    parts.append("</table></body></html>")
+    path = os.path.join(out_dir, "gallery.html")
+    with open(path + ".tmp", "w") as f:
+        f.write("\n".join(parts))
+    os.replace(path + ".tmp", path)
