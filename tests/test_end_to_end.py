@@ -98,3 +98,40 @@ def test_zero_shot_equals_plain_clip_cosine(data, tmp_path):
     sim = np.concatenate(texts) @ np.concatenate(videos).T
     ref = metrics.multi_caption_metrics(sim, np.concatenate(video_of_text))
     assert report["t2v"] == pytest.approx(ref["t2v"]) and report["v2t"] == pytest.approx(ref["v2t"])
+
+
+def test_validation_selection_picks_the_best_kept_checkpoint(data, tmp_path, monkeypatch):
+    """With a 'val' split, every kept checkpoint is scored on it and the best one is reported."""
+    from configs.synthetic import get_config
+    from tvr_jax import evaluate, sharding
+
+    cfg = get_config()
+    cfg.data_dir = data
+    monkeypatch.setattr(evaluate, "_has_split", lambda cfg, split: split == "val")
+    steps = {"calls": []}
+
+    class Manager:
+        def all_steps(self):
+            return [10, 20, 30]
+
+        def close(self):
+            pass
+
+    def fake_restore(cfg, workdir, step, mesh):
+        steps["calls"].append(step)
+        return None, step, step
+
+    def fake_score(cfg, model, params, mesh, split):
+        assert split == "val"  # never the test split
+        r1 = {10: 5.0, 20: 9.0, 30: 7.0}[params]
+        return {"t2v": {"R@1": r1}, "v2t": {"R@1": r1}}, None, None, None, None
+
+    from tvr_jax import train
+
+    monkeypatch.setattr(train, "checkpoint_manager", lambda workdir, keep: Manager())
+    monkeypatch.setattr(train, "restore_params", fake_restore)
+    monkeypatch.setattr(evaluate, "_score_split", fake_score)
+    step, why = evaluate.select_checkpoint(cfg, str(tmp_path), sharding.make_mesh((1, 1), jax.devices()[:1]))
+    assert step == 20 and "validation" in why and steps["calls"] == [10, 20, 30]
+    monkeypatch.setattr(evaluate, "_has_split", lambda cfg, split: False)
+    assert evaluate.select_checkpoint(cfg, str(tmp_path), None) == (30, "last checkpoint (no separate validation split)")

@@ -106,18 +106,57 @@ def write_report(report: dict[str, Any], out_dir: str, title: str) -> None:
 
 
 def evaluate_checkpoint(cfg, workdir: str, step: int | None = None, *, mesh: Mesh | None = None) -> dict[str, Any]:
-    """Evaluate the checkpoint `step` (default: the newest) of `workdir` on `cfg.eval.split`.
+    """Evaluate a checkpoint of `workdir` on `cfg.eval.split`; writes WORKDIR/eval/.
 
-    Model selection never looks at the test split: without a validation run the last checkpoint
-    is the one reported, and the report says so. Writes WORKDIR/eval/metrics.{json,md,csv}.
+    Model selection never looks at the test split. With `step` given, that checkpoint is
+    reported. Otherwise, if the set has a 'val' split other than the evaluated one, every kept
+    checkpoint is scored on it and the best (t2v R@1 + v2t R@1; ties to the later step) is
+    reported; without one, the last checkpoint. The report says which rule chose it.
     """
     from tvr_jax import train as train_lib
 
     mesh = mesh or sharding.make_mesh(tuple(cfg.mesh_shape))
+    selection = f"step {step} as asked"
+    if step is None:
+        step, selection = select_checkpoint(cfg, workdir, mesh)
     model, params, trained_step = train_lib.restore_params(cfg, workdir, step, mesh)
-    checkpoint = {"step": trained_step, "selection": "last checkpoint" if step is None else f"step {step} as asked",
-                  "note": "no model selection on the test split"}
+    checkpoint = {"step": trained_step, "selection": selection, "note": "no model selection on the test split"}
     return _evaluate_params(cfg, model, params, mesh, workdir, checkpoint, f"step {trained_step}")
+
+
+def select_checkpoint(cfg, workdir: str, mesh: Mesh) -> tuple[int, str]:
+    """(step, why): the best kept checkpoint on the validation split, or the last one."""
+    from tvr_jax import train as train_lib
+
+    manager = train_lib.checkpoint_manager(workdir, cfg.keep_checkpoints)
+    try:
+        steps = sorted(manager.all_steps())
+    finally:
+        manager.close()
+    if not steps:
+        raise FileNotFoundError(f"{workdir}/checkpoints holds no checkpoint: train first (tvr-jax train)")
+    if cfg.eval.split == "val" or not _has_split(cfg, "val"):
+        return steps[-1], "last checkpoint (no separate validation split)"
+    if len(steps) == 1:
+        return steps[-1], "the only kept checkpoint"
+    scores = {}
+    for s in steps:
+        model, params, _ = train_lib.restore_params(cfg, workdir, s, mesh)
+        report = _score_split(cfg, model, params, mesh, "val")[0]
+        scores[s] = report["t2v"]["R@1"] + report["v2t"]["R@1"]
+    best = max(steps, key=lambda s: (scores[s], s))
+    return best, f"best validation t2v R@1 + v2t R@1 among kept checkpoints {scores}"
+
+
+def _has_split(cfg, split: str) -> bool:
+    """Whether the prepared dataset holds `split` (TFDS's dataset_info.json lists them)."""
+    from data_pipeline.prepare import dataset_dir
+
+    info = os.path.join(dataset_dir(cfg.data_dir, cfg.dataset), "dataset_info.json")
+    if not os.path.isfile(info):
+        raise FileNotFoundError(f"{info} not found: prepare the dataset first (tvr-jax prepare) and pass --config.data_dir")
+    with open(info) as f:
+        return any(s.get("name") == split for s in json.load(f).get("splits", []))
 
 
 def evaluate_zero_shot(cfg, workdir: str, *, mesh: Mesh | None = None) -> dict[str, Any]:
@@ -140,24 +179,31 @@ def evaluate_zero_shot(cfg, workdir: str, *, mesh: Mesh | None = None) -> dict[s
     return _evaluate_params(cfg, model, params, mesh, workdir, checkpoint, "zero-shot CLIP")
 
 
-def _evaluate_params(cfg, model: RetrievalModel, params, mesh: Mesh, workdir: str, checkpoint: dict, what: str) -> dict:
+def _score_split(cfg, model: RetrievalModel, params, mesh: Mesh, split: str):
+    """(report, sim, texts, videos, video stream) of one split: every text against every video."""
     from tvr_jax import train as train_lib
 
     if cfg.eval.batch_size % sharding.num_batch_shards(mesh):
         raise ValueError(f"eval.batch_size={cfg.eval.batch_size} must be divisible by the {sharding.num_batch_shards(mesh)} batch shards")
     lcfg = dataclasses.replace(train_lib.loss_config(cfg), block_size=cfg.eval.block_size)
-    split = cfg.eval.split
     streams = {kind: train_lib.dataset_input(cfg, split, False, model.config, cfg.eval.batch_size, eval_rows=kind)
                for kind in ("videos", "captions")}
     videos = encode(model, params, streams["videos"], mesh, "videos")
     texts = encode(model, params, streams["captions"], mesh, "captions")
     sim = score(texts, videos, model.config.interaction, lcfg, mesh)
-    report = retrieval_report(sim, texts["video_index"])
+    return retrieval_report(sim, texts["video_index"]), sim, texts, videos, streams["videos"]
+
+
+def _evaluate_params(cfg, model: RetrievalModel, params, mesh: Mesh, workdir: str, checkpoint: dict, what: str) -> dict:
+    from tvr_jax import train as train_lib
+
+    split = cfg.eval.split
+    report, sim, texts, videos, video_stream = _score_split(cfg, model, params, mesh, split)
     report.update(checkpoint=checkpoint, split=split, dataset=cfg.dataset)
     out_dir = os.path.join(workdir, "eval")
     write_report(report, out_dir, f"{cfg.dataset} {split}, {what}")
     write_recall_curve(sim, texts["video_index"], os.path.join(out_dir, "recall_at_k.png"))
-    video_ids = [streams["videos"].video_ids[i] for i in videos["video_index"]]
+    video_ids = [video_stream.video_ids[i] for i in videos["video_index"]]
     fresh_videos = train_lib.dataset_input(cfg, split, False, model.config, cfg.eval.batch_size, eval_rows="videos")
     write_gallery(sim, texts, video_ids, fresh_videos, out_dir, f"{cfg.dataset} {split}, {what}")
     return report
