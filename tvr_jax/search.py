@@ -93,7 +93,6 @@ def search(index_dir: str, query: str, top_k: int = 10, chunk: int = 8192) -> li
     from data_pipeline.tokenizer import default_tokenizer
     from data_pipeline.word_weights import caption_weights, load_tagger
     from tvr_jax import train
-    from tvr_jax.objective import similarity_matrix
 
     manifest, video_ids, videos = load_index(index_dir)
     cfg = ml_collections.ConfigDict(manifest["run"]["config"])
@@ -107,10 +106,19 @@ def search(index_dir: str, query: str, top_k: int = 10, chunk: int = 8192) -> li
     weights[0, : len(caption.ids)] = caption_weights([caption], load_tagger("auto"))[0]
     text = model.apply({"params": params}, jnp.asarray(ids), jnp.asarray(ids > 0), jnp.asarray(weights, jnp.float32),
                        method=model.encode_text)
-    lcfg = train.loss_config(cfg)
-    score = jax.jit(lambda t, v: similarity_matrix(t, v, model.config.interaction, lcfg)[0])
+    rows, scores = rank_videos(text, videos, model.config.interaction, train.loss_config(cfg), top_k, chunk)
+    return [(video_ids[r], float(s)) for r, s in zip(rows, scores)]
+
+
+def rank_videos(text: dict, videos: dict[str, np.ndarray], interaction: str, lcfg, top_k: int = 10,
+                chunk: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k (rows, scores) of one encoded text against (possibly memory-mapped) video arrays,
+    scored chunk by chunk with a running top-k."""
+    from tvr_jax.objective import similarity_matrix
+
+    score = jax.jit(lambda t, v: similarity_matrix(t, v, interaction, lcfg)[0])
     best_scores, best_rows = np.empty(0, np.float32), np.empty(0, np.int64)
-    n = len(video_ids)
+    n = len(videos["frames"])
     for start in range(0, n, chunk):
         part = {k: np.asarray(v[start : start + chunk]) for k, v in videos.items()}
         part = {k: (v.astype(np.float32) if v.dtype == np.float16 else v) for k, v in part.items()}
@@ -122,4 +130,4 @@ def search(index_dir: str, query: str, top_k: int = 10, chunk: int = 8192) -> li
         best_rows = np.concatenate([best_rows, np.arange(start, start + len(s))])
         keep = np.argsort(-best_scores, kind="stable")[:top_k]
         best_scores, best_rows = best_scores[keep], best_rows[keep]
-    return [(video_ids[r], float(s)) for r, s in zip(best_rows, best_scores)]
+    return best_rows, best_scores
