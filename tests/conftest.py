@@ -4,6 +4,7 @@ XLA reads the flag when jax first initialises its backends, so it must be set be
 test module imports jax.
 """
 import os
+import sys
 
 os.environ.setdefault("XLA_FLAGS", "")
 if "--xla_force_host_platform_device_count" not in os.environ["XLA_FLAGS"]:
@@ -25,4 +26,21 @@ import tempfile  # noqa: E402
 _cache_dir = tempfile.mkdtemp(prefix="tvr-jax-xla-cache-")
 atexit.register(shutil.rmtree, _cache_dir, ignore_errors=True)
 jax.config.update("jax_compilation_cache_dir", _cache_dir)
+
+# Interpreter shutdown after the session can deadlock: deleting a tf.data iterator whose worker
+# threads wait for the GIL inside `tf.numpy_function` (the main thread holds the GIL while the
+# C++ destructor waits for them). Once pytest has printed its summary, leave without finalising.
+_session = {}
+
+
+def pytest_sessionfinish(session, exitstatus):
+    _session["status"] = int(exitstatus)
+
+
+def pytest_unconfigure(config):
+    if "status" in _session:
+        shutil.rmtree(_cache_dir, ignore_errors=True)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(_session["status"])
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
