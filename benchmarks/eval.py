@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -24,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from benchmarks.results_io import write_results  # noqa: E402
 from tvr_jax.objective import LossConfig, similarity_matrix  # noqa: E402
 from tvr_jax.search import rank_videos  # noqa: E402
 
@@ -106,12 +106,7 @@ def main() -> None:
         print(f"| {r['N']} x {r['N']} | {r['L']} | {r['T']} | {r['seconds']} | {r['GFLOP_per_s']} | {r['peak_MiB']} | {r['compile_s']} |")
     print(f"\nsearch: {search['index_videos']} videos ({search['index_GB']} GB float16, memory-mapped), "
           f"one query, top-10: {search['latency_s']} s (median of {search['repeats']})")
-    meta = dict(machine=platform.processor() or platform.machine(), cpus=os.cpu_count(), jax=jax.__version__,
-                date=time.strftime("%Y-%m-%d"), command="python benchmarks/eval.py " + " ".join(sys.argv[1:]))
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out + ".tmp", "w") as f:
-        json.dump(dict(meta=meta, scoring=scoring, search=search), f, indent=2)
-    os.replace(args.out + ".tmp", args.out)
+    write_results(args.out, scoring=scoring, search=search)
 
 
 if __name__ == "__main__":

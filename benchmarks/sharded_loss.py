@@ -17,7 +17,6 @@ os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_p
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -27,6 +26,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from benchmarks.results_io import write_results  # noqa: E402
 from tvr_jax import sharding  # noqa: E402
 from tvr_jax.objective import LossConfig, sharded_total_loss  # noqa: E402
 
@@ -122,12 +122,7 @@ def main() -> None:
         print("|---|---|---|---|")
         for t in timing:
             print(f"| {t['variant']} | {t['median_step_s']} | {t['clips_per_s']} | {t['median_step_s'] / base:.2f}x |")
-    meta = dict(machine=platform.processor() or platform.machine(), cpus=os.cpu_count(), jax=jax.__version__,
-                date=time.strftime("%Y-%m-%d"), command="python benchmarks/sharded_loss.py")
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out + ".tmp", "w") as f:
-        json.dump(dict(meta=meta, memory=memory, timing=timing), f, indent=2)
-    os.replace(args.out + ".tmp", args.out)
+    write_results(args.out, memory=memory, timing=timing)
 
 
 if __name__ == "__main__":

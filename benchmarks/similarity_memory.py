@@ -12,12 +12,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
+import sys
 import time
 
 import jax
 import jax.numpy as jnp
 
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from benchmarks.results_io import write_results  # noqa: E402
 from tvr_jax.similarity import dmae_similarity
 
 MiB = 2**20
@@ -58,12 +60,7 @@ def main() -> None:
     for r in rows:
         print(f"| {r['shape']} | {r['B_t']} x {r['B_v']} | {r['L']} | {r['T']} | {'fwd+bwd' if r['grad'] else 'fwd'} "
               f"| {r['temp_MiB']} | {r['out_MiB']} | {r['full_grid_MiB']} |")
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    meta = dict(machine=platform.processor() or platform.machine(), cpus=os.cpu_count(), jax=jax.__version__,
-                date=time.strftime("%Y-%m-%d"), command="python benchmarks/similarity_memory.py")
-    with open(args.out + ".tmp", "w") as f:
-        json.dump(dict(meta=meta, rows=rows), f, indent=2)
-    os.replace(args.out + ".tmp", args.out)
+    write_results(args.out, rows=rows)
 
 
 if __name__ == "__main__":

@@ -12,13 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 
 import jax
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from benchmarks.results_io import write_results  # noqa: E402
 from tvr_jax import sharding, train  # noqa: E402
 from tvr_jax.config_io import load_config  # noqa: E402
 from tvr_jax.optim import make_optimizer  # noqa: E402
@@ -78,12 +78,7 @@ def main() -> None:
     print("|---|---|---|---|")
     for r in rows:
         print(f"| {r['remat']} | {r['per_clip_MiB']} | {r['fixed_GiB']} | {r['max_batch_per_device']} |")
-    meta = dict(machine=platform.processor() or platform.machine(), cpus=os.cpu_count(), jax=jax.__version__,
-                date=time.strftime("%Y-%m-%d"), command="python benchmarks/train_memory.py " + " ".join(sys.argv[1:]))
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out + ".tmp", "w") as f:
-        json.dump(dict(meta=meta, config=args.config, rows=rows), f, indent=2)
-    os.replace(args.out + ".tmp", args.out)
+    write_results(args.out, config=args.config, rows=rows)
 
 
 if __name__ == "__main__":

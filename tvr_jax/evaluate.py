@@ -24,10 +24,9 @@ from jax.sharding import Mesh, PartitionSpec as P
 from tvr_jax import metrics as metrics_lib
 from tvr_jax import sharding
 from tvr_jax.models.retrieval import RetrievalModel
-from tvr_jax.objective import LossConfig, similarity_matrix
+from tvr_jax.objective import VIDEO_KEYS, LossConfig, similarity_matrix
 
 TEXT_KEYS = ("t_cls", "words", "word_mask", "word_weights", "word_logits")
-VIDEO_KEYS = ("frames", "frame_mask", "frame_logits")
 
 
 def encode(model: RetrievalModel, params: dict, batches: Iterable[dict], mesh: Mesh, kind: str) -> dict[str, np.ndarray]:

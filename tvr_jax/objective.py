@@ -98,7 +98,7 @@ def total_loss(features: dict, interaction: str, cfg: LossConfig) -> tuple[jax.A
     return _combine(dmae_parts, tpm_parts, cfg)
 
 
-_VIDEO_KEYS = ("frames", "frame_mask", "frame_logits")
+VIDEO_KEYS = ("frames", "frame_mask", "frame_logits")  # the video side of `similarity_matrix`
 
 
 def ring_similarity(text: dict, video: dict, interaction: str, cfg: LossConfig, axes: tuple[str, ...]) -> jax.Array:
@@ -138,7 +138,7 @@ def sharded_total_loss(features: dict, interaction: str, cfg: LossConfig, mesh: 
 
     def local(feats):
         shard = jax.lax.axis_index(axes)
-        video = {k: feats[k] for k in _VIDEO_KEYS if k in feats}
+        video = {k: feats[k] for k in VIDEO_KEYS if k in feats}
         sim = ring_similarity(feats, video, interaction, cfg, axes)  # (b, B): local texts x all videos
         b, total = sim.shape
         row_ids = shard * b + jnp.arange(b)

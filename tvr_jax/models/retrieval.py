@@ -17,12 +17,10 @@ learning rates (method.md section 5).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from tvr_jax import similarity, tpm
 from tvr_jax.models.clip import CLIP, CLIPConfig, Transformer, end_of_text_index
@@ -249,6 +247,3 @@ def init_from_clip(config: RetrievalConfig, params: dict, clip_params: dict) -> 
         params = jax.tree.map(jnp.asarray, params)
     return params
 
-
-def count_params(tree: Any) -> int:
-    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
