@@ -23,9 +23,10 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from benchmarks.results_io import write_results  # noqa: E402
-from tvr_jax.objective import LossConfig, similarity_matrix  # noqa: E402
-from tvr_jax.search import rank_videos  # noqa: E402
+from benchmarks.report import eval_tables, render_table
+from benchmarks.results_io import write_results
+from tvr_jax.objective import LossConfig, similarity_matrix
+from tvr_jax.search import rank_videos
 
 D = 512
 MiB = 2**20
@@ -35,10 +36,10 @@ def features(n: int, words: int, frames: int, seed: int = 0) -> tuple[dict, dict
     rng = np.random.default_rng(seed)
     norm = lambda x: (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
     word_mask = np.arange(words)[None] < rng.integers(words // 2, words + 1, n)[:, None]
-    texts = dict(t_cls=norm(rng.normal(size=(n, D))), words=norm(rng.normal(size=(n, words, D))), word_mask=word_mask,
-                 word_weights=(rng.integers(1, 3, (n, words)) * word_mask).astype(np.float32))
-    videos = dict(frames=norm(rng.normal(size=(n, frames, D))),
-                  frame_mask=np.arange(frames)[None] < rng.integers(frames // 2, frames + 1, n)[:, None])
+    texts = {"t_cls": norm(rng.normal(size=(n, D))), "words": norm(rng.normal(size=(n, words, D))), "word_mask": word_mask,
+             "word_weights": (rng.integers(1, 3, (n, words)) * word_mask).astype(np.float32)}
+    videos = {"frames": norm(rng.normal(size=(n, frames, D))),
+              "frame_mask": np.arange(frames)[None] < rng.integers(frames // 2, frames + 1, n)[:, None]}
     return texts, videos
 
 
@@ -53,10 +54,10 @@ def score_benchmark(n: int, words: int, frames: int, cfg: LossConfig) -> dict:
     jax.block_until_ready(compiled(texts, videos))
     run_s = time.perf_counter() - t0
     flops = 2.0 * n * n * words * frames * D  # the token grid's dot products dominate
-    return dict(N=n, L=words, T=frames, seconds=round(run_s, 2), compile_s=round(compile_s, 2),
-                temp_MiB=round(m.temp_size_in_bytes / MiB, 1),
-                peak_MiB=round((m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes) / MiB, 1),
-                grid_GFLOP=round(flops / 1e9, 1), GFLOP_per_s=round(flops / 1e9 / run_s, 1))
+    return {"N": n, "L": words, "T": frames, "seconds": round(run_s, 2), "compile_s": round(compile_s, 2),
+            "temp_MiB": round(m.temp_size_in_bytes / MiB, 1),
+            "peak_MiB": round((m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes) / MiB, 1),
+            "grid_GFLOP": round(flops / 1e9, 1), "GFLOP_per_s": round(flops / 1e9 / run_s, 1)}
 
 
 def search_benchmark(num_videos: int, cfg: LossConfig, repeats: int = 3) -> dict:
@@ -80,8 +81,8 @@ def search_benchmark(num_videos: int, cfg: LossConfig, repeats: int = 3) -> dict
             t0 = time.perf_counter()
             rows, _ = rank_videos(text, videos, "att_ti", cfg, chunk=8192)
             times.append(time.perf_counter() - t0)
-        return dict(index_videos=num_videos, T=frames, L=words, index_GB=round(num_videos * frames * D * 2 / 1e9, 2),
-                    latency_s=round(float(np.median(times)), 2), repeats=repeats, top10_first=int(rows[0]))
+        return {"index_videos": num_videos, "T": frames, "L": words, "index_GB": round(num_videos * frames * D * 2 / 1e9, 2),
+                "latency_s": round(float(np.median(times)), 2), "repeats": repeats, "top10_first": int(rows[0])}
 
 
 def main() -> None:
@@ -100,13 +101,10 @@ def main() -> None:
             print(json.dumps(scoring[-1]), flush=True)
     search = search_benchmark(args.index_videos, cfg)
     print(json.dumps(search), flush=True)
-    print("\n| N x N | L | T | score (s) | GFLOP/s | peak MiB | compile (s) |")
-    print("|---|---|---|---|---|---|---|")
-    for r in scoring:
-        print(f"| {r['N']} x {r['N']} | {r['L']} | {r['T']} | {r['seconds']} | {r['GFLOP_per_s']} | {r['peak_MiB']} | {r['compile_s']} |")
-    print(f"\nsearch: {search['index_videos']} videos ({search['index_GB']} GB float16, memory-mapped), "
-          f"one query, top-10: {search['latency_s']} s (median of {search['repeats']})")
-    write_results(args.out, scoring=scoring, search=search)
+    tables = eval_tables({"scoring": scoring, "search": search})  # report.py renders older results with it too
+    for t in tables:
+        print("\n" + render_table(t))
+    write_results(args.out, tables=tables, scoring=scoring, search=search)
 
 
 if __name__ == "__main__":

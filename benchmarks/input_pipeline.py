@@ -1,6 +1,6 @@
 """Clips per second: the prepared-dataset tf.data pipeline vs decoding the same videos with decord on the fly.
 
-    python benchmarks/input_pipeline.py [--clips 32] [--seconds 15] [--batch 16] [--json out.json]
+    python benchmarks/input_pipeline.py [--clips 32] [--seconds 15] [--batch 16] [--out benchmarks/results/input_pipeline.json]
 
 1. Writes `--clips` MSR-VTT-like videos (320x240, 25 fps, H.264 with the encoder's default GOP,
    a drifting texture plus moving shapes so P-frames carry real motion), and prepares them
@@ -12,8 +12,9 @@
    numpy, in a pool of as many processes as there are cores, clips returned to the parent.
 4. Tiny config: the pipeline on the synthetic set at 32 x 32 (T = 12, batch 64) against a
    training step of the tiny retrieval model (seqTransf, NegNCE + TPM-CL) on the same shapes.
-Both paths get the whole machine in turn, in alternating rounds (medians reported); prints a
-table and writes JSON.
+Both paths get the whole machine in turn, in alternating rounds (medians reported); prints the
+tables and writes them with the raw numbers (`benchmarks/results_io.write_results`). Use a fresh
+`--workdir` for honest write / prepare times: both reuse what an earlier run left there.
 """
 
 from __future__ import annotations
@@ -31,10 +32,16 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from data_pipeline import prepare as prep  # noqa: E402
-from data_pipeline.input_pipeline import CLIP_MEAN, CLIP_STD, InputConfig, VideoTextInput  # noqa: E402
-from data_pipeline.synthetic import write_clip  # noqa: E402
-from data_pipeline.video import sample_frame_indices, sample_times  # noqa: E402
+from benchmarks.results_io import table, write_results
+from data_pipeline import prepare as prep
+from data_pipeline.input_pipeline import (
+    CLIP_MEAN,
+    CLIP_STD,
+    InputConfig,
+    VideoTextInput,
+)
+from data_pipeline.synthetic import write_clip
+from data_pipeline.video import sample_frame_indices, sample_times
 
 T, SIZE = 12, 224
 
@@ -129,7 +136,7 @@ def tiny_step_rate(batch: int) -> dict:
         from tvr_jax.models.clip import PRESETS
         from tvr_jax.models.retrieval import RetrievalConfig, RetrievalModel
         from tvr_jax.objective import LossConfig, model_loss
-    except Exception as e:  # the training code is another issue's; measure what exists
+    except ImportError as e:  # the training code is another issue's; measure what exists
         return {"skipped": f"{type(e).__name__}: {e}"}
     config = RetrievalConfig(clip=PRESETS["tiny"], max_frames=T, max_words=16, temporal="seqTransf", temporal_layers=2)
     model, loss_cfg = RetrievalModel(config), LossConfig()
@@ -156,7 +163,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=12)
     parser.add_argument("--rounds", type=int, default=3, help="alternating measurement rounds; medians are reported")
     parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "tvr_jax_input_bench"))
-    parser.add_argument("--json", default=None, help="write the results here (default: WORKDIR/input_pipeline.json)")
+    parser.add_argument("--out", "--json", default="benchmarks/results/input_pipeline.json", help="write the results here")
     args = parser.parse_args()
     workers = os.cpu_count() or 1
 
@@ -177,30 +184,55 @@ def main() -> None:
         rounds["decord"].append(decord_rate(paths, args.batch * args.batches, workers))
     prepared, on_the_fly = float(np.median(rounds["prepared"])), float(np.median(rounds["decord"]))
 
-    prep.prepare("synthetic", data_dir, workers=workers, progress=False)
+    t0 = time.perf_counter()
+    prep.prepare("synthetic", data_dir, workers=workers, progress=False)  # generates the 500 videos, then prepares
+    t_synthetic = time.perf_counter() - t0
     tiny_input = pipeline_rate(prep.dataset_dir(data_dir, "synthetic"), 64, 10, image_size=32)
     tiny_step = tiny_step_rate(64)
+    load_after = os.getloadavg()[0]
 
+    versions = {"python": platform.python_version()}
+    for name in ("tensorflow", "decord"):
+        try:
+            versions[name] = __import__(name).__version__
+        except (ImportError, AttributeError) as e:  # recorded, not fatal: the numbers above already exist
+            versions[name] = f"unavailable ({type(e).__name__})"
     results = {
-        "machine": f"{platform.processor() or platform.machine()}, {workers} cores, {platform.python_version()}",
+        "versions": versions, "workers": workers,
         "clips": args.clips, "clip_seconds": f"{args.seconds}-{args.seconds + 4}", "source": "320x240, 25 fps, H.264 crf 23",
-        "T": T, "size": SIZE, "batch": args.batch,
-        "write_source_s": round(t_write, 1), "prepare_s": round(t_prepare, 1),
+        "T": T, "size": SIZE, "batch": args.batch, "batches": args.batches,
+        "write_source_s": round(t_write, 1), "prepare_s": round(t_prepare, 1), "prepare_synthetic_s": round(t_synthetic, 1),
         "prepared_clips_per_s": round(prepared, 1), "decord_on_the_fly_clips_per_s": round(on_the_fly, 1),
         "speedup": round(prepared / on_the_fly, 2),
-        "rounds": {k: [round(x, 1) for x in v] for k, v in rounds.items()}, "load_average_before": round(load_before, 2),
+        "rounds": {k: [round(x, 1) for x in v] for k, v in rounds.items()},
+        "load_average_before": round(load_before, 2), "load_average_after": round(load_after, 2),
         "tiny": {"input_clips_per_s_32px": round(tiny_input, 1), "train_step": tiny_step},
     }
-    print(f"\n{'path (T=12, 224x224, float32 CLIP-normalised)':48s} {'clips/s':>9s}")
-    print(f"{'prepared dataset, tf.data':48s} {prepared:9.1f}")
-    print(f"{'decord on the fly, ' + str(workers) + ' processes':48s} {on_the_fly:9.1f}")
-    print(f"{'speed-up':48s} {prepared / on_the_fly:8.1f}x")
-    print(f"rounds {results['rounds']}, load average before {load_before:.2f}")
-    print(f"\ntiny config (synthetic, 32x32, T=12, batch 64): input {tiny_input:.1f} clips/s, training step {tiny_step}")
-    path = args.json or os.path.join(args.workdir, "input_pipeline.json")
-    with open(path, "w") as f:
-        json.dump(results, f, indent=1)
-    print(f"wrote {path}")
+    fmt_rounds = lambda xs: ", ".join(f"{x:.1f}" for x in xs)
+    tables = [table(
+        f"Clips per second, T = {T}, {SIZE} x {SIZE}, float32 CLIP-normalised (load average {load_before:.2f} before, "
+        f"{load_after:.2f} after, on {workers} cores)",
+        ["path", f"clips/s, median of {args.rounds} rounds", "rounds"],
+        [["prepared dataset, tf.data", round(prepared, 1), fmt_rounds(rounds["prepared"])],
+         [f"decord on the fly, {workers} processes", round(on_the_fly, 1), fmt_rounds(rounds["decord"])],
+         ["**speed-up (prepared / decord)**", f"**{prepared / on_the_fly:.1f}x**", "goal: >= 5x"]])]
+    tiny_rows = [["input pipeline (synthetic set, 32 x 32)", "", round(tiny_input, 1)]]
+    if "step_s" in tiny_step:
+        tiny_rows += [["one training step (seqTransf, 2 layers, NegNCE + TPM-CL, jitted, mean of 5 after warm-up)",
+                       tiny_step["step_s"], tiny_step["clips_per_s"]],
+                      ["input / step", "", f"{tiny_input / tiny_step['clips_per_s']:.1f}x"]]
+    tables.append(table(f"Tiny config: T = {T}, 32 x 32, batch 64", ["what", "s per batch", "clips/s"], tiny_rows))
+    tables.append(table("Decode-once cost (fresh workdir only; a reused one reads its cache)", ["step", "seconds"],
+                        [[f"write {args.clips} source videos", round(t_write, 1)],
+                         [f"`prepare` those {args.clips} videos (1 fps, short side {SIZE})", round(t_prepare, 1)],
+                         ["`prepare --dataset synthetic` (generate 500 videos, prepare them)", round(t_synthetic, 1)]]))
+    for t in tables:
+        print(f"\n{t['title']}")
+        for row in t["rows"]:
+            print("  " + " | ".join(str(c) for c in row))
+    print(f"versions {versions}")
+    write_results(args.out, tables=tables, **results)
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

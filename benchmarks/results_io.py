@@ -1,4 +1,9 @@
-"""Where benchmark results go: one JSON per script, with the machine and the command that made it."""
+"""Where benchmark results go: one JSON per script, with the machine, the command and the tables that made it.
+
+A results file is {"meta": {...}, "tables": [table, ...], **raw payload}. `benchmarks/report.py`
+renders BENCHMARKS.md from the "meta" and "tables" entries; the raw payload keeps every number
+the script measured, for anyone who wants more than the tables show.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +14,37 @@ import sys
 import time
 
 
-def write_results(path: str, **payload) -> None:
-    """Atomically write {"meta": machine, jax version, date, command; **payload} to `path`."""
+def table(title: str, columns: list[str], rows: list[list]) -> dict:
+    """One table for the report: cells already rounded / formatted as the script wants (numbers or strings)."""
+    if any(len(row) != len(columns) for row in rows):
+        raise ValueError(f"table {title!r}: every row needs {len(columns)} cells")
+    return {"title": title, "columns": list(columns), "rows": [list(row) for row in rows]}
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name (Linux /proc/cpuinfo), else whatever platform knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_meta() -> dict:
     import jax
 
-    meta = dict(machine=platform.processor() or platform.machine(), cpus=os.cpu_count(), jax=jax.__version__,
-                date=time.strftime("%Y-%m-%d"), command="python " + " ".join(sys.argv))
+    return {"cpu": cpu_model(), "cpus": os.cpu_count(), "jax": jax.__version__, "backend": jax.default_backend(),
+            "device_kind": jax.devices()[0].device_kind, "date": time.strftime("%Y-%m-%d"),
+            "command": "python " + " ".join(sys.argv)}
+
+
+def write_results(path: str, *, tables: list[dict] | None = None, **payload) -> None:
+    """Atomically write {"meta": machine_meta(), "tables": tables, **payload} to `path`."""
+    result = {"meta": machine_meta(), "tables": list(tables or []), **payload}
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with open(path + ".tmp", "w") as f:
-        json.dump(dict(meta=meta, **payload), f, indent=2)
-    os.replace(path + ".tmp", path)
+        json.dump(result, f, indent=2)
+    os.replace(path + ".tmp", path)  # a reader never sees half a file

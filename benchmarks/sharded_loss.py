@@ -15,20 +15,21 @@ import os
 
 os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import statistics  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
+import argparse
+import json
+import statistics
+import sys
+import time
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from benchmarks.results_io import write_results  # noqa: E402
-from tvr_jax import sharding  # noqa: E402
-from tvr_jax.objective import LossConfig, sharded_total_loss  # noqa: E402
+from benchmarks.report import render_table, sharded_loss_tables
+from benchmarks.results_io import write_results
+from tvr_jax import sharding
+from tvr_jax.objective import LossConfig, sharded_total_loss
 
 MiB = 2**20
 T, L, D = 12, 32, 512
@@ -36,12 +37,12 @@ T, L, D = 12, 32, 512
 
 def feature_shapes(batch: int) -> tuple[dict, dict]:
     s = jax.ShapeDtypeStruct
-    floats = dict(t_cls=s((batch, D), jnp.float32), words=s((batch, L, D), jnp.float32),
-                  frames=s((batch, T, D), jnp.float32), visual=s((batch, T, D), jnp.float32),
-                  visual_masked=s((batch, T, D), jnp.float32), word_tpm_weights=s((batch, L), jnp.float32),
-                  word_weights=s((batch, L), jnp.float32))
-    rest = dict(word_mask=s((batch, L), bool), frame_mask=s((batch, T), bool), visual_mask=s((batch, T), bool),
-                visual_marked=s((batch, T), bool))
+    floats = {"t_cls": s((batch, D), jnp.float32), "words": s((batch, L, D), jnp.float32),
+              "frames": s((batch, T, D), jnp.float32), "visual": s((batch, T, D), jnp.float32),
+              "visual_masked": s((batch, T, D), jnp.float32), "word_tpm_weights": s((batch, L), jnp.float32),
+              "word_weights": s((batch, L), jnp.float32)}
+    rest = {"word_mask": s((batch, L), bool), "frame_mask": s((batch, T), bool), "visual_mask": s((batch, T), bool),
+            "visual_marked": s((batch, T), bool)}
     return floats, rest
 
 
@@ -56,9 +57,9 @@ def loss_memory(batch: int, devices: int) -> dict:
     t0 = time.perf_counter()
     m = jax.jit(fn).lower(floats, rest).compile().memory_analysis()
     peak = m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
-    return dict(global_batch=batch, devices=devices, temp_MiB=round(m.temp_size_in_bytes / MiB, 1),
-                args_MiB=round(m.argument_size_in_bytes / MiB, 1), peak_MiB=round(peak / MiB, 1),
-                compile_s=round(time.perf_counter() - t0, 1))
+    return {"global_batch": batch, "devices": devices, "temp_MiB": round(m.temp_size_in_bytes / MiB, 1),
+            "args_MiB": round(m.argument_size_in_bytes / MiB, 1), "peak_MiB": round(peak / MiB, 1),
+            "compile_s": round(time.perf_counter() - t0, 1)}
 
 
 def step_times(variant: str, steps: int = 12) -> dict:
@@ -82,9 +83,9 @@ def step_times(variant: str, steps: int = 12) -> dict:
     b, size = cfg.global_batch_size, model.config.clip.image_size
     ids = np.zeros((b, cfg.model.max_words), np.int32)
     ids[:, 0], ids[:, 1:12], ids[:, 12] = 49406, rng.integers(300, 40000, (b, 11)), 49407
-    batch = jax.device_put(dict(video=rng.normal(size=(b, cfg.model.max_frames, size, size, 3)).astype(np.float32),
-                                video_mask=np.ones((b, cfg.model.max_frames), bool), text_ids=ids, text_mask=ids > 0,
-                                word_weights=(ids > 0).astype(np.float32)), sharding.batch_sharding(mesh))
+    batch = jax.device_put({"video": rng.normal(size=(b, cfg.model.max_frames, size, size, 3)).astype(np.float32),
+                            "video_mask": np.ones((b, cfg.model.max_frames), bool), "text_ids": ids, "text_mask": ids > 0,
+                            "word_weights": (ids > 0).astype(np.float32)}, sharding.batch_sharding(mesh))
     state, m = step(state, batch)  # compile + warm-up
     jax.block_until_ready(m)
     times = []
@@ -93,8 +94,8 @@ def step_times(variant: str, steps: int = 12) -> dict:
         state, m = step(state, batch)
         jax.block_until_ready(m)
         times.append(time.perf_counter() - t0)
-    return dict(variant=variant, median_step_s=round(statistics.median(times), 4), steps=steps,
-                clips_per_s=round(b / statistics.median(times), 1))
+    return {"variant": variant, "median_step_s": round(statistics.median(times), 4), "steps": steps,
+            "clips_per_s": round(b / statistics.median(times), 1)}
 
 
 def main() -> None:
@@ -107,22 +108,15 @@ def main() -> None:
         for devices in (1, 8):
             memory.append(loss_memory(batch, devices))
             print(json.dumps(memory[-1]), flush=True)
-    print("\n| global batch | per-device peak, 1 device (MiB) | per-device peak, 8 devices (MiB) | ratio |")
-    print("|---|---|---|---|")
-    for batch in (256, 1024, 4096):
-        one, eight = (next(m for m in memory if m["global_batch"] == batch and m["devices"] == d) for d in (1, 8))
-        print(f"| {batch} | {one['peak_MiB']} | {eight['peak_MiB']} | {one['peak_MiB'] / eight['peak_MiB']:.2f}x |")
     timing = []
     if not args.skip_time:
         for variant in ("baseline", "method_meanP", "method"):
             timing.append(step_times(variant))
             print(json.dumps(timing[-1]), flush=True)
-        base = timing[0]["median_step_s"]
-        print("\n| variant | median step (s) | clips/s | vs baseline |")
-        print("|---|---|---|---|")
-        for t in timing:
-            print(f"| {t['variant']} | {t['median_step_s']} | {t['clips_per_s']} | {t['median_step_s'] / base:.2f}x |")
-    write_results(args.out, memory=memory, timing=timing)
+    tables = sharded_loss_tables({"memory": memory, "timing": timing})  # report.py renders older results with it too
+    for t in tables:
+        print("\n" + render_table(t))
+    write_results(args.out, tables=tables, memory=memory, timing=timing)
 
 
 if __name__ == "__main__":

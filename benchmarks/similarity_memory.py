@@ -19,7 +19,8 @@ import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from benchmarks.results_io import write_results  # noqa: E402
+from benchmarks.report import render_table, similarity_memory_tables
+from benchmarks.results_io import write_results
 from tvr_jax.similarity import dmae_similarity
 
 MiB = 2**20
@@ -36,7 +37,7 @@ def compiled_bytes(b_t: int, b_v: int, words: int, frames: int, dim: int, block:
     else:
         compiled = jax.jit(f).lower(*shapes).compile()
     m = compiled.memory_analysis()
-    return dict(temp=m.temp_size_in_bytes, args=m.argument_size_in_bytes, out=m.output_size_in_bytes)
+    return {"temp": m.temp_size_in_bytes, "args": m.argument_size_in_bytes, "out": m.output_size_in_bytes}
 
 
 def main() -> None:
@@ -51,16 +52,14 @@ def main() -> None:
                 t0 = time.perf_counter()
                 m = compiled_bytes(b_t, b_v, words, frames, 512, 64, grad)
                 grid = b_t * b_v * words * frames * 4
-                rows.append(dict(shape=name, B_t=b_t, B_v=b_v, L=words, T=frames, D=512, block=64, grad=grad,
-                                 temp_MiB=round(m["temp"] / MiB, 2), out_MiB=round(m["out"] / MiB, 2),
-                                 full_grid_MiB=round(grid / MiB, 1), compile_s=round(time.perf_counter() - t0, 1)))
+                rows.append({"shape": name, "B_t": b_t, "B_v": b_v, "L": words, "T": frames, "D": 512, "block": 64,
+                             "grad": grad, "temp_MiB": round(m["temp"] / MiB, 2), "out_MiB": round(m["out"] / MiB, 2),
+                             "full_grid_MiB": round(grid / MiB, 1), "compile_s": round(time.perf_counter() - t0, 1)})
                 print(json.dumps(rows[-1]), flush=True)
-    print("\n| shape | B_t x B_v | L | T | pass | temp MiB | output MiB | full grid MiB |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['shape']} | {r['B_t']} x {r['B_v']} | {r['L']} | {r['T']} | {'fwd+bwd' if r['grad'] else 'fwd'} "
-              f"| {r['temp_MiB']} | {r['out_MiB']} | {r['full_grid_MiB']} |")
-    write_results(args.out, rows=rows)
+    tables = similarity_memory_tables({"rows": rows})  # the same builder renders the older results in report.py
+    for t in tables:
+        print("\n" + render_table(t))
+    write_results(args.out, tables=tables, rows=rows)
 
 
 if __name__ == "__main__":

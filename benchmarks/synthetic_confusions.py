@@ -19,9 +19,10 @@ import jax
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from benchmarks.results_io import write_results  # noqa: E402
-from configs.synthetic import get_config  # noqa: E402
-from tvr_jax import evaluate, sharding, train  # noqa: E402
+from benchmarks.report import render_table, synthetic_confusions_tables
+from benchmarks.results_io import write_results
+from configs.synthetic import get_config
+from tvr_jax import evaluate, sharding, train
 
 ATTRIBUTES = ("colour", "shape", "direction")
 
@@ -62,9 +63,13 @@ def main() -> None:
     print(f"step {step}: {len(sim)} test captions, {wrong} wrong at top-1, {with_direction} of them involve direction")
     for (n, names), c in counts.most_common():
         print(f"{c:4d}  {n} value(s) differ: {', '.join(names)}")
-    write_results(args.out, workdir=args.workdir, step=step, captions=len(sim), wrong_top1=wrong,
-                  involving_direction=with_direction, t2v=report["t2v"],
-                  confusions=[dict(values=n, attributes=list(names), count=c) for (n, names), c in counts.most_common()])
+    raw = {"workdir": args.workdir, "step": step, "captions": len(sim), "wrong_top1": wrong,
+           "involving_direction": with_direction, "t2v": report["t2v"],
+           "confusions": [{"values": n, "attributes": list(names), "count": c} for (n, names), c in counts.most_common()]}
+    tables = synthetic_confusions_tables(raw)  # report.py renders older results with it too
+    for t in tables:
+        print("\n" + render_table(t))
+    write_results(args.out, tables=tables, **raw)
 
 
 if __name__ == "__main__":

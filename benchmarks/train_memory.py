@@ -1,32 +1,57 @@
-"""Activation memory per clip of the full train step (ViT-B, 12 frames), from compiled memory_analysis.
+"""Train-step memory per device (ViT-B, 12 frames) from the compiled step's memory_analysis.
 
-Compiles (does not run) the train step of a config at two per-device batch sizes and reports
-the fixed part (parameters, optimizer state) and the bytes per clip, with and without per-block
-rematerialisation, then the largest batch per device that fits a memory budget.
+Compiles (does not run) the train step of a config at two per-device batch sizes, for three
+variants: no rematerialisation, `model.remat=True` (per-block parameters, run as a
+rematerialised loop), and `model.remat=True model.scan_layers=True` (stacked parameters, a
+rematerialised scan). It reports the fixed bytes (parameters, Adam state, the step's
+batch-independent temporaries) and the bytes per clip (activations kept for the backward pass
+plus the clip's inputs), then the largest batch per device that fits each memory budget.
 
-    python benchmarks/train_memory.py [--config configs/msrvtt_vit_b32.py] [--budget-gib 80]
+The figures are the buffer assignment of the XLA compiler of the backend it runs on (CPU unless
+a GPU is visible). A GPU compiler schedules differently and, below its memory limit, need not
+minimise memory: treat CPU figures as an estimate of a GPU's. See benchmarks/notes/train_memory.md.
+
+    python benchmarks/train_memory.py [--config configs/msrvtt_vit_b32.py] [--budgets-gib 80 16]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
 
 import jax
+import jax.numpy as jnp
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from benchmarks.results_io import write_results  # noqa: E402
+from benchmarks.results_io import table, write_results  # noqa: E402
 from tvr_jax import sharding, train  # noqa: E402
 from tvr_jax.config_io import load_config  # noqa: E402
 from tvr_jax.optim import make_optimizer  # noqa: E402
 
-GiB = 2**30
+GiB, MiB = 2**30, 2**20
+VARIANTS = {  # name -> config overrides
+    "no remat": ["model.remat=False", "model.scan_layers=False"],
+    "remat": ["model.remat=True", "model.scan_layers=False"],
+    "remat + scan_layers": ["model.remat=True", "model.scan_layers=True"],
+}
+
+
+def _nbytes(tree) -> int:
+    return sum(math.prod(x.shape) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
+
+
+def _init(cfg, model, optimizer):
+    params = model.init(jax.random.PRNGKey(0), *model.dummy_batch(1))["params"]
+    return train.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
+                            bad_step=jnp.zeros((), jnp.int32), bad_parts=jnp.zeros((), jnp.int32))
 
 
 def compiled_bytes(cfg, batch: int) -> dict:
+    """memory_analysis of the train step at `batch` clips per device, plus the state's sizes."""
     cfg = cfg.copy_and_resolve_references()
     cfg.global_batch_size = batch
     mesh = sharding.make_mesh((1, 1), jax.devices()[:1])
@@ -44,41 +69,50 @@ def compiled_bytes(cfg, batch: int) -> dict:
     state_sds = jax.tree.map(lambda x, sh: sds(x.shape, x.dtype, sharding=sh), state_shape, shardings)
     t0 = time.perf_counter()
     m = step.lower(state_sds, batch_shapes).compile().memory_analysis()
-    return dict(batch=batch, temp=m.temp_size_in_bytes, args=m.argument_size_in_bytes, compile_s=round(time.perf_counter() - t0, 1))
+    return dict(batch=batch, temp=m.temp_size_in_bytes, args=m.argument_size_in_bytes, out=m.output_size_in_bytes,
+                alias=m.alias_size_in_bytes, params=_nbytes(state_shape.params), opt_state=_nbytes(state_shape.opt_state),
+                state=_nbytes(state_shape), inputs=_nbytes(batch_shapes), compile_s=round(time.perf_counter() - t0, 1))
 
 
-def _init(cfg, model, optimizer):
-    import jax.numpy as jnp
-
-    params = model.init(jax.random.PRNGKey(0), *model.dummy_batch(1))["params"]
-    return train.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
-                            bad_step=jnp.zeros((), jnp.int32), bad_parts=jnp.zeros((), jnp.int32))
+def summarise(small: dict, large: dict, budgets_gib: list[float]) -> dict:
+    """Peak = args + temp + (out - alias), linear in the batch: fixed part, per-clip part, largest batch."""
+    peak = {b["batch"]: b["args"] + b["temp"] + b["out"] - b["alias"] for b in (small, large)}
+    per_clip = (peak[large["batch"]] - peak[small["batch"]]) / (large["batch"] - small["batch"])
+    activations = (large["temp"] - small["temp"]) / (large["batch"] - small["batch"])
+    fixed = peak[small["batch"]] - per_clip * small["batch"]
+    return dict(activation_MiB_per_clip=round(activations / MiB, 1), inputs_MiB_per_clip=round(large["inputs"] / large["batch"] / MiB, 1),
+                total_MiB_per_clip=round(per_clip / MiB, 1), params_GiB=round(small["params"] / GiB, 3),
+                adam_GiB=round(small["opt_state"] / GiB, 3), fixed_GiB=round(fixed / GiB, 2),
+                max_batch_per_device={f"{g:g}": int((g * GiB - fixed) // per_clip) for g in budgets_gib})
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/msrvtt_vit_b32.py")
-    parser.add_argument("--budget-gib", type=float, default=80.0)
-    parser.add_argument("--batches", type=int, nargs=2, default=[2, 4])
+    parser.add_argument("--budgets-gib", type=float, nargs="+", default=[80.0, 16.0])
+    # Large enough that the activations, not the batch-independent buffers, set the peak.
+    parser.add_argument("--batches", type=int, nargs=2, default=[16, 48])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--out", default="benchmarks/results/train_memory.json")
     args = parser.parse_args()
     rows = []
-    for remat in (False, True):
-        cfg = load_config(args.config, [f"model.remat={remat}"])
+    for name in args.variants:
+        cfg = load_config(args.config, VARIANTS[name])
         small, large = (compiled_bytes(cfg, b) for b in args.batches)
-        per_clip = (large["temp"] - small["temp"]) / (large["batch"] - small["batch"])
-        fixed = small["args"] + small["temp"] - per_clip * small["batch"]
-        fits = int((args.budget_gib * GiB - fixed) // per_clip)
-        rows.append(dict(remat=remat, per_clip_MiB=round(per_clip / 2**20, 1), fixed_GiB=round(fixed / GiB, 2),
-                         max_batch_per_device=fits, budget_GiB=args.budget_gib, measured=[small, large]))
+        rows.append(dict(variant=name, overrides=VARIANTS[name], **summarise(small, large, args.budgets_gib),
+                         measured=[small, large]))
         print(json.dumps(rows[-1]), flush=True)
-    print(f"\n{args.config}: train step, float32, one device")
-    print("| remat | activation MiB per clip | fixed GiB (params, Adam, inputs) | largest batch in "
-          f"{args.budget_gib:g} GiB |")
-    print("|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['remat']} | {r['per_clip_MiB']} | {r['fixed_GiB']} | {r['max_batch_per_device']} |")
-    write_results(args.out, config=args.config, rows=rows)
+    columns = ["variant", "activations MiB / clip", "inputs MiB / clip", "params GiB", "Adam state GiB",
+               "fixed GiB (params, Adam, step temporaries)"] + [f"largest batch in {g:g} GiB" for g in args.budgets_gib]
+    cells = [[r["variant"], r["activation_MiB_per_clip"], r["inputs_MiB_per_clip"], r["params_GiB"], r["adam_GiB"],
+              r["fixed_GiB"]] + [r["max_batch_per_device"][f"{g:g}"] for g in args.budgets_gib] for r in rows]
+    title = (f"Train-step memory per device, {args.config} (float32, one device, {jax.default_backend()} "
+             f"({jax.devices()[0].device_kind}) compiler's memory_analysis)")
+    print(f"\n{title}\n| " + " | ".join(columns) + " |\n|" + "---|" * len(columns))
+    for c in cells:
+        print("| " + " | ".join(str(v) for v in c) + " |")
+    write_results(args.out, tables=[table(title, columns, cells)], config=args.config,
+                  xla_flags=os.environ.get("XLA_FLAGS", ""), rows=rows)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from tvr_jax import clip as clip_api
+from tvr_jax.models import clip_weights
 from tvr_jax import sharding
 from tvr_jax.models.clip import PRESETS
 from tvr_jax.models.retrieval import RetrievalConfig, RetrievalModel, init_from_clip
@@ -85,7 +85,7 @@ def build_model(cfg) -> tuple[RetrievalModel, dict | None]:
         if m.get("image_size", 0) > 0 or m.get("patch_size", 0) > 0:
             raise ValueError("model.image_size / model.patch_size change the architecture: they apply to random "
                              "initialisation only, the checkpoint fixes them (set them to 0)")
-        clip_model, clip_params = clip_api.load(cfg.init_checkpoint, **compute)
+        clip_model, clip_params = clip_weights.load(cfg.init_checkpoint, **compute)
         clip_cfg = clip_model.config
     else:
         if m.clip_preset not in PRESETS:

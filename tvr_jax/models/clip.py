@@ -176,8 +176,31 @@ def _scan_body(block: nn.Module, x, mask):
     return block(x, mask), None
 
 
+def _rematerialised_loop(block: nn.Module, layer_params: list, x, mask):
+    """Run `block` once per entry of `layer_params` as a `lax.scan` of a `jax.checkpoint`ed step.
+
+    Why not `nn.remat` on each unrolled block: JAX then keeps the backward pass's recomputation
+    apart from the forward pass only with `optimization_barrier`s, and compilers undo that. XLA's
+    CPU pipeline strips the barriers (`cse_barrier_expander`) before a CSE that merges the
+    recomputation back into the forward pass: no saving at all. XLA's GPU scheduler is free to
+    run the recomputation early as long as the step fits its memory limit: the ViT-B/32 train
+    step kept ~440 MiB per clip instead of ~590 (benchmarks/notes/train_memory.md). Inside a loop
+    the recomputation lives in the backward loop's body, so only each block's input is kept,
+    on any backend. The per-layer parameters are stacked for the loop on the fly (their stored
+    layout is unchanged; the copy and its gradient cost two parameter-sized buffers, which
+    `scan_layers` avoids); each step does the same arithmetic as the unrolled block.
+    """
+    stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *layer_params)
+    step = jax.checkpoint(lambda h, p: (block.apply({"params": p}, h, mask), None), prevent_cse=False)
+    return jax.lax.scan(step, x, stacked)[0]
+
+
 class Transformer(nn.Module):
-    """A stack of residual attention blocks: `resblocks_{i}` params, or stacked `resblocks` with scan."""
+    """A stack of residual attention blocks: `resblocks_{i}` params, or stacked `resblocks` with scan.
+
+    `remat` keeps only each block's input for the backward pass and recomputes the rest, as a
+    rematerialised loop over the blocks in either layout (see `_rematerialised_loop`).
+    """
 
     width: int
     layers: int
@@ -192,16 +215,21 @@ class Transformer(nn.Module):
 
     @nn.compact
     def __call__(self, x, mask=None):
-        block_cls = nn.remat(ResidualAttentionBlock, prevent_cse=not self.scan_layers) if self.remat else ResidualAttentionBlock
         kw = dict(width=self.width, heads=self.heads, mlp_dim=self.mlp_dim, activation=self.activation,
                   eps=self.eps, dtype=self.dtype, param_dtype=self.param_dtype)
         if self.scan_layers:
+            # The loop keeps the recomputation apart from the forward pass: no CSE barrier needed.
+            block_cls = nn.remat(ResidualAttentionBlock, prevent_cse=False) if self.remat else ResidualAttentionBlock
             scan = nn.scan(_scan_body, variable_axes={"params": 0}, split_rngs={"params": True},
                            in_axes=nn.broadcast, length=self.layers)
             x, _ = scan(block_cls(name="resblocks", **kw), x, mask)
             return x
-        for i in range(self.layers):
-            x = block_cls(name=f"resblocks_{i}", **kw)(x, mask)
+        if self.remat and not self.is_initializing():
+            params = self.variables["params"]
+            layer_params = [params[f"resblocks_{i}"] for i in range(self.layers)]
+            return _rematerialised_loop(ResidualAttentionBlock(parent=None, **kw), layer_params, x, mask)
+        for i in range(self.layers):  # also the remat layout's init: the parameters, one block each
+            x = ResidualAttentionBlock(name=f"resblocks_{i}", **kw)(x, mask)
         return x
 
 

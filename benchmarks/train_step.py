@@ -1,0 +1,334 @@
+"""One training step, ours against the PyTorch peer, side by side in one run; MFU against a measured peak.
+
+Both sides train the CLIP4Clip meanP baseline (cosine of pooled features, symmetric InfoNCE,
+AdamW, clipping) on the same weights and the same batch, float32, on this machine:
+  ours:  `tvr_jax.train.make_train_step` of a config with `BASELINE_OVERRIDES` (our real step,
+         sharded loss on a one-device mesh, non-finite guard included);
+  peer:  `benchmarks/torch_reference.py` (transformers' PyTorch CLIP towers).
+The first losses must agree (same model) or the run stops. Then rounds alternate one step of
+each, so load on the machine hits both alike; the tables give medians, warm-up excluded. The
+towers are also timed alone (gradient of their output features), for MFU per tower.
+
+MFU = model FLOPs (`flops.py`: counted by hand, checked against the jaxpr and XLA's
+cost_analysis) / step time / the best float32 matmul rate measured in this same run.
+
+    python benchmarks/train_step.py                        # tiny and ViT-B/32 (12 frames, 32 words)
+    python benchmarks/train_step.py --options              # + XLA / dtype variants of ours, in subprocesses
+
+Each `--options` variant (XLA_FLAGS are read once per process) runs ours alone in a fresh
+process at ViT-B/32, and PyTorch bfloat16 autocast runs as the peer's counterpart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from benchmarks import flops
+from benchmarks.results_io import table, write_results
+
+# tau = 0.2 on both sides: our NegNCE clamps P to [1e-6, 1 - 1e-6] (method.md 3), which binds at
+# random init with tau = 0.01 and makes the first losses differ; with cosines in [-1, 1] and 8
+# clips, tau = 0.2 keeps every P inside the clamp (P >= e^(-2/tau) / 8 > 1e-6). Costs are unchanged.
+TEMPERATURE = 0.2
+BASELINE_OVERRIDES = [
+    f"loss.temperature={TEMPERATURE}", "model.temporal='meanP'", "model.interaction='cosine'", "model.tpm=False",
+    "loss.lambda_neg=0.0", "loss.lambda_tpm=0.0", "loss.visual_attention=False", "loss.textual_attention=False",
+]
+SETTINGS = {  # name -> (config, clips per step, timed rounds per --rounds: tiny steps take milliseconds)
+    "tiny": ("configs/msrvtt_vit_b32.py:tiny", 8, 10),
+    "vit_b32": ("configs/msrvtt_vit_b32.py", 8, 1),
+}
+# name -> (XLA_FLAGS, extra config overrides); each runs in its own process.
+OPTIONS = {
+    "default": ("", []),
+    "bfloat16 compute": ("", ["model.dtype='bfloat16'"]),
+    "one thread (no Eigen pool)": ("--xla_cpu_multi_thread_eigen=false", []),
+    "fast math": ("--xla_cpu_enable_fast_math=true", []),
+    "oneDNN": ("--xla_cpu_use_onednn=true", []),
+    "XNNPACK": ("--xla_cpu_use_xnnpack=true", []),
+    "512-bit vectors": ("--xla_cpu_prefer_vector_width=512", []),
+    "scan over layers": ("", ["model.scan_layers=True"]),
+}
+
+
+def make_batch(c, t: int, words: int, batch: int, seed: int = 0) -> dict:
+    """Random normalised frames; captions of varied length: start, words, end, zero padding."""
+    rng = np.random.default_rng(seed)
+    size = c.image_size
+    ids = np.zeros((batch, words), np.int32)
+    for row in range(batch):
+        n = int(rng.integers(4, words + 1))
+        ids[row, 0], ids[row, n - 1] = c.vocab_size - 2, c.vocab_size - 1
+        ids[row, 1 : n - 1] = rng.integers(1, c.vocab_size - 2, size=n - 2)
+    return {"video": rng.standard_normal((batch, t, size, size, 3), np.float32), "video_mask": np.ones((batch, t), bool),
+                "text_ids": ids, "text_mask": ids > 0, "word_weights": np.ones((batch, words), np.float32)}
+
+
+# -- ours -------------------------------------------------------------------------------------
+class Ours:
+    def __init__(self, config: str, batch: int, overrides: list[str], init_checkpoint: str = ""):
+        import jax
+
+        from tvr_jax import sharding, train
+        from tvr_jax.config_io import load_config
+        from tvr_jax.optim import make_optimizer
+
+        cfg = load_config(config, overrides + [f"global_batch_size={batch}"])
+        cfg.init_checkpoint = init_checkpoint
+        mesh = sharding.make_mesh((1, 1), jax.devices()[:1])
+        self.model, clip_params = train.build_model(cfg)
+        optimizer = make_optimizer(cfg.optim, cfg.total_steps)
+        self.state, shardings = train.create_train_state(cfg, self.model, optimizer, mesh, clip_params)
+        m = self.model.config
+        self.batch = jax.device_put(make_batch(m.clip, m.max_frames, m.max_words, batch), sharding.batch_sharding(mesh))
+        step = train.make_train_step(self.model, train.loss_config(cfg), optimizer, mesh, shardings)
+        t0 = time.perf_counter()
+        compiled = step.lower(self.state, self.batch).compile()
+        self.compile_s = time.perf_counter() - t0
+        self.xla_flops = _cost_flops(compiled)
+        memory = compiled.memory_analysis()
+        self.memory = {"temp_bytes": memory.temp_size_in_bytes, "argument_bytes": memory.argument_size_in_bytes}
+        self.step = compiled
+
+    def run_step(self) -> float:
+        self.state, metrics = self.step(self.state, self.batch)
+        return float(metrics["loss"])  # waits for the step
+
+    def tower_steps(self):
+        """Gradient of each tower's output features (random cotangent), params only: (image, text) fns."""
+        import jax
+        import jax.numpy as jnp
+
+        from tvr_jax.models.clip import CLIP
+
+        clip = CLIP(self.model.config.clip)
+        b, t = self.batch["video"].shape[:2]
+        images = self.batch["video"].reshape(b * t, *self.batch["video"].shape[2:])
+        ids = self.batch["text_ids"]
+        dim = clip.config.embed_dim
+        cot_i = jnp.ones((b * t, dim)) / dim
+        cot_t = jnp.ones((b, dim)) / dim
+
+        def grad_of(method, x, cot):
+            f = jax.jit(jax.grad(lambda p: jnp.vdot(clip.apply({"params": p}, x, method=method), cot)))
+            return lambda: jax.block_until_ready(f(self.state.params["clip"]))
+
+        return grad_of(clip.encode_image, images, cot_i), grad_of(clip.encode_text, ids, cot_t)
+
+
+def _cost_flops(compiled) -> float | None:
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost["flops"]) if cost and "flops" in cost else None
+
+
+# -- the peer ---------------------------------------------------------------------------------
+class Peer:
+    def __init__(self, clip_config, batch_np: dict, bf16: bool = False, device: str = "cpu"):
+        import torch
+
+        from benchmarks import torch_reference as ref
+
+        self.torch, self.device, self.bf16 = torch, device, bf16
+        self.hf = ref.random_clip(clip_config).to(device)
+        self.model = ref.MeanPRetrieval(self.hf, TEMPERATURE)
+        self.step_fn = ref.make_train_step(self.model, ref.make_optimizer(self.model, lr=1e-7, weight_decay=0.2))
+        self.inputs = tuple(torch.from_numpy(batch_np[k]).to(device) for k in ("video", "video_mask"))
+        self.inputs += (torch.from_numpy(batch_np["text_ids"]).long().to(device),)
+
+    def run_step(self) -> float:  # float(loss) waits for the device
+        with self.torch.autocast(self.device, dtype=self.torch.bfloat16, enabled=self.bf16):
+            return self.step_fn(*self.inputs)
+
+    def tower_steps(self):
+        _torch, m = self.torch, self.hf
+        video, _, ids = self.inputs
+        images = video.reshape(-1, *video.shape[2:]).permute(0, 3, 1, 2)
+
+        def image():
+            m.zero_grad(set_to_none=True)
+            m.visual_projection(m.vision_model(pixel_values=images).pooler_output).mean().backward()
+
+        def text():
+            m.zero_grad(set_to_none=True)
+            m.text_projection(m.text_model(input_ids=ids).pooler_output).mean().backward()
+
+        return image, text
+
+
+# -- timing -----------------------------------------------------------------------------------
+def timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def compare(name: str, rounds: int, warmup: int) -> dict:
+    """Ours and the peer on one setting: loss parity, then alternating timed rounds."""
+    config, batch, more = SETTINGS[name]
+    rounds *= more
+    from benchmarks import torch_reference as ref
+    from tvr_jax import train
+    from tvr_jax.config_io import load_config
+
+    mcfg = train.build_model(load_config(config, BASELINE_OVERRIDES))[0].config
+    peer = Peer(mcfg.clip, make_batch(mcfg.clip, mcfg.max_frames, mcfg.max_words, batch))
+    with tempfile.TemporaryDirectory() as hf_dir:  # the peer's weights, read by ours
+        ref.save_hf(peer.hf, hf_dir)
+        ours = Ours(config, batch, BASELINE_OVERRIDES, init_checkpoint=hf_dir)
+    c, frames, words = mcfg.clip, mcfg.max_frames, mcfg.max_words
+    model_flops = flops.meanp_step_flops(c, batch, frames, words)
+
+    losses = {"ours": ours.run_step(), "peer": peer.run_step()}
+    rel = abs(losses["ours"] - losses["peer"]) / abs(losses["peer"])
+    print(f"[{name}] first loss: ours {losses['ours']:.6f}, PyTorch {losses['peer']:.6f} (relative difference {rel:.1e})")
+    if rel > 1e-4:
+        raise SystemExit(f"{name}: the two steps compute different losses on the same weights and batch: {losses}")
+
+    jobs = {"step": (ours.run_step, peer.run_step)}
+    for part, o, p in zip(("image_tower", "text_tower"), ours.tower_steps(), peer.tower_steps()):
+        jobs[part] = (o, p)
+    times = {k: ([], []) for k in jobs}
+    for r in range(warmup + rounds):
+        for k, (o, p) in jobs.items():
+            to, tp = timed(o), timed(p)
+            if r >= warmup:
+                times[k][0].append(to)
+                times[k][1].append(tp)
+        if r >= warmup and (more == 1 or r == warmup + rounds - 1):
+            print(f"[{name}] round {r}: " + ", ".join(f"{k} {times[k][0][-1]:.3f}/{times[k][1][-1]:.3f} s (ours/PyTorch)"
+                                                       for k in jobs), flush=True)
+    flops_of = {"step": model_flops["total"], "image_tower": model_flops["image_tower"],
+                "text_tower": model_flops["text_tower"]}
+    rows = {}
+    for k, (to, tp) in times.items():
+        rows[k] = {"model_flops": flops_of[k], "ours_s": float(np.median(to)), "peer_s": float(np.median(tp)),
+                       "ours_all": to, "peer_all": tp}
+    return {"setting": name, "config": config, "batch": batch, "frames": frames, "words": words, "first_loss": losses,
+                "loss_rel_diff": rel, "compile_s": ours.compile_s, "xla_step_flops": ours.xla_flops, "hand_flops": model_flops,
+                "parts": rows}
+
+
+def option_worker(option: str, rounds: int, warmup: int) -> dict:
+    """One variant of ours (its XLA_FLAGS already set by the parent) at ViT-B/32; median step time."""
+    config, batch, _ = SETTINGS["vit_b32"]
+    ours = Ours(config, batch, BASELINE_OVERRIDES + OPTIONS[option][1])
+    times = [timed(ours.run_step) for _ in range(warmup + rounds)][warmup:]
+    return {"option": option, "seconds": float(np.median(times)), "all": times, "compile_s": ours.compile_s}
+
+
+PEER_VARIANTS = {"PyTorch float32": False, "PyTorch bfloat16 autocast": True}
+
+
+def peer_worker(option: str, rounds: int, warmup: int) -> dict:
+    from tvr_jax import train
+    from tvr_jax.config_io import load_config
+
+    config, batch, _ = SETTINGS["vit_b32"]
+    m = train.build_model(load_config(config, BASELINE_OVERRIDES))[0].config
+    peer = Peer(m.clip, make_batch(m.clip, m.max_frames, m.max_words, batch), bf16=PEER_VARIANTS[option])
+    times = [timed(peer.run_step) for _ in range(warmup + rounds)][warmup:]
+    return {"option": option, "seconds": float(np.median(times)), "all": times}
+
+
+def run_options(rounds: int, warmup: int) -> list[dict]:
+    """Every variant of ours and of the peer, each in a fresh process (XLA_FLAGS are read at start)."""
+    out = []
+    for option in [*OPTIONS, *PEER_VARIANTS]:
+        env = dict(os.environ)
+        if option in OPTIONS:
+            env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + OPTIONS[option][0]).strip()
+        cmd = [sys.executable, __file__, "--worker", option, "--rounds", str(rounds), "--warmup", str(warmup)]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+            out.append({"option": option, "seconds": None, "error": " | ".join(tail)})
+        else:
+            out.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        print(json.dumps({k: v for k, v in out[-1].items() if k != "all"}), flush=True)
+    return out
+
+
+# -- report -----------------------------------------------------------------------------------
+def tables(results: list[dict], peak: dict) -> list[dict]:
+    peak_flops = peak["peak_flops"]
+    out = []
+    rows = []
+    for res in results:
+        for part, r in res["parts"].items():
+            mfu = lambda s, r=r: f"{100 * r['model_flops'] / s / peak_flops:.1f}%"
+            rows.append([res["setting"], part.replace("_", " "), res["batch"], f"{r['model_flops'] / 1e9:.1f}",
+                         f"{r['ours_s']:.3f}", f"{r['peer_s']:.3f}", f"{r['ours_s'] / r['peer_s']:.2f}x",
+                         mfu(r["ours_s"]), mfu(r["peer_s"])])
+    out.append(table("Step time and MFU, float32 (median of rounds, warm-up excluded)",
+                     ["setting", "what", "clips", "model GFLOP", "ours s", "PyTorch s", "ours / PyTorch",
+                      "MFU ours", "MFU PyTorch"], rows))
+    rows = []
+    for res in results:
+        h = res["hand_flops"]
+        xla = res["xla_step_flops"]
+        rows.append([res["setting"], f"{h['image_tower'] / 1e9:.2f}", f"{h['text_tower'] / 1e9:.2f}",
+                     f"{h['total'] / 1e9:.2f}", f"{xla / 1e9:.2f}" if xla else "n/a",
+                     f"{xla / h['total']:.3f}" if xla else "n/a", f"{res['loss_rel_diff']:.1e}"])
+    out.append(table(f"FLOPs of one step: by hand (matmuls) and XLA's cost_analysis (all ops); peak "
+                     f"{peak_flops / 1e9:.0f} GFLOP/s float32 ({peak['best']}, measured in this run)",
+                     ["setting", "image tower GFLOP", "text tower GFLOP", "step GFLOP (hand)", "XLA cost_analysis GFLOP",
+                      "XLA / hand", "first-loss difference ours vs PyTorch"], rows))
+    return out
+
+
+def options_table(options: list[dict]) -> dict:
+    seconds = {o["option"]: o.get("seconds") for o in options}
+    ours, peer = seconds.get("default"), seconds.get("PyTorch float32")
+    rows = [[o["option"], f"{o['seconds']:.3f}" if o.get("seconds") else "failed: " + o.get("error", ""),
+             f"{ours / o['seconds']:.2f}x" if o.get("seconds") and ours else "",
+             f"{o['seconds'] / peer:.2f}x" if o.get("seconds") and peer else ""] for o in options]
+    return table(f"ViT-B/32 meanP step ({SETTINGS['vit_b32'][1]} clips x 12 frames x 32 words), each variant in a "
+                 "fresh process, median of rounds",
+                 ["variant", "step s", "speed-up vs our default", "time / PyTorch float32"], rows)
+
+
+def print_tables(out_tables: list[dict]) -> None:
+    for t in out_tables:
+        print(f"\n{t['title']}\n| " + " | ".join(t["columns"]) + " |")
+        for row in t["rows"]:
+            print("| " + " | ".join(str(c) for c in row) + " |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--options", action="store_true", help="time XLA / dtype variants of ours and the peer instead")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help="default: benchmarks/results/train_step.json, or xla_cpu_options.json with --options")
+    args = parser.parse_args()
+    if args.worker:  # a subprocess of --options: one JSON line on stdout
+        worker = peer_worker if args.worker in PEER_VARIANTS else option_worker
+        print(json.dumps(worker(args.worker, args.rounds, args.warmup)))
+        return
+    if args.options:
+        options = run_options(args.rounds, args.warmup)
+        print_tables([options_table(options)])
+        write_results(args.out or "benchmarks/results/xla_cpu_options.json", tables=[options_table(options)],
+                      options=options)
+        return
+    peak = flops.measured_matmul_peak("float32")
+    print(f"matmul peak: {peak}", flush=True)
+    results = [compare(name, args.rounds, args.warmup) for name in args.settings]
+    out_tables = tables(results, peak)
+    print_tables(out_tables)
+    write_results(args.out or "benchmarks/results/train_step.json", tables=out_tables, peak=peak, results=results)
+
+if __name__ == "__main__":
+    main()
