@@ -27,7 +27,13 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from benchmarks import flops
 from benchmarks.results_io import table, write_results
-from benchmarks.train_step import BASELINE_OVERRIDES, Ours, Peer, make_batch
+from benchmarks.train_step import (
+    BASELINE_OVERRIDES,
+    Ours,
+    Peer,
+    make_batch,
+    print_tables,
+)
 
 BF16 = ["model.dtype='bfloat16'"]
 FULL, BASELINE = "ours: DMAE + NegNCE + TPM-CL", "ours: meanP + InfoNCE"
@@ -118,10 +124,7 @@ def main() -> None:
     for name, overrides in (("remat", ["model.remat=True"]), ("remat + scan_layers", ["model.remat=True", "model.scan_layers=True"])):
         memory[name] = Ours(args.config, batch, BF16 + overrides).memory  # compiled, not run
         report()
-    for t in report():
-        print(f"\n{t['title']}\n| " + " | ".join(t["columns"]) + " |")
-        for row in t["rows"]:
-            print("| " + " | ".join(str(c) for c in row) + " |")
+    print_tables(report())
 
 
 if __name__ == "__main__":

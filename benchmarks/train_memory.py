@@ -27,10 +27,10 @@ import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from benchmarks.results_io import table, write_results  # noqa: E402
-from tvr_jax import sharding, train  # noqa: E402
-from tvr_jax.config_io import load_config  # noqa: E402
-from tvr_jax.optim import make_optimizer  # noqa: E402
+from benchmarks.results_io import table, write_results
+from tvr_jax import sharding, train
+from tvr_jax.config_io import load_config
+from tvr_jax.optim import make_optimizer
 
 GiB, MiB = 2**30, 2**20
 VARIANTS = {  # name -> config overrides
@@ -63,15 +63,15 @@ def compiled_bytes(cfg, batch: int) -> dict:
     t, l, s = cfg.model.max_frames, cfg.model.max_words, model.config.clip.image_size
     spec = sharding.batch_sharding(mesh)
     sds = jax.ShapeDtypeStruct
-    batch_shapes = dict(video=sds((batch, t, s, s, 3), "float32", sharding=spec), video_mask=sds((batch, t), bool, sharding=spec),
-                        text_ids=sds((batch, l), "int32", sharding=spec), text_mask=sds((batch, l), bool, sharding=spec),
-                        word_weights=sds((batch, l), "float32", sharding=spec))
+    batch_shapes = {"video": sds((batch, t, s, s, 3), "float32", sharding=spec), "video_mask": sds((batch, t), bool, sharding=spec),
+                        "text_ids": sds((batch, l), "int32", sharding=spec), "text_mask": sds((batch, l), bool, sharding=spec),
+                        "word_weights": sds((batch, l), "float32", sharding=spec)}
     state_sds = jax.tree.map(lambda x, sh: sds(x.shape, x.dtype, sharding=sh), state_shape, shardings)
     t0 = time.perf_counter()
     m = step.lower(state_sds, batch_shapes).compile().memory_analysis()
-    return dict(batch=batch, temp=m.temp_size_in_bytes, args=m.argument_size_in_bytes, out=m.output_size_in_bytes,
-                alias=m.alias_size_in_bytes, params=_nbytes(state_shape.params), opt_state=_nbytes(state_shape.opt_state),
-                state=_nbytes(state_shape), inputs=_nbytes(batch_shapes), compile_s=round(time.perf_counter() - t0, 1))
+    return {"batch": batch, "temp": m.temp_size_in_bytes, "args": m.argument_size_in_bytes, "out": m.output_size_in_bytes,
+                "alias": m.alias_size_in_bytes, "params": _nbytes(state_shape.params), "opt_state": _nbytes(state_shape.opt_state),
+                "state": _nbytes(state_shape), "inputs": _nbytes(batch_shapes), "compile_s": round(time.perf_counter() - t0, 1)}
 
 
 def summarise(small: dict, large: dict, budgets_gib: list[float]) -> dict:
@@ -80,10 +80,10 @@ def summarise(small: dict, large: dict, budgets_gib: list[float]) -> dict:
     per_clip = (peak[large["batch"]] - peak[small["batch"]]) / (large["batch"] - small["batch"])
     activations = (large["temp"] - small["temp"]) / (large["batch"] - small["batch"])
     fixed = peak[small["batch"]] - per_clip * small["batch"]
-    return dict(activation_MiB_per_clip=round(activations / MiB, 1), inputs_MiB_per_clip=round(large["inputs"] / large["batch"] / MiB, 1),
-                total_MiB_per_clip=round(per_clip / MiB, 1), params_GiB=round(small["params"] / GiB, 3),
-                adam_GiB=round(small["opt_state"] / GiB, 3), fixed_GiB=round(fixed / GiB, 2),
-                max_batch_per_device={f"{g:g}": int((g * GiB - fixed) // per_clip) for g in budgets_gib})
+    return {"activation_MiB_per_clip": round(activations / MiB, 1), "inputs_MiB_per_clip": round(large["inputs"] / large["batch"] / MiB, 1),
+                "total_MiB_per_clip": round(per_clip / MiB, 1), "params_GiB": round(small["params"] / GiB, 3),
+                "adam_GiB": round(small["opt_state"] / GiB, 3), "fixed_GiB": round(fixed / GiB, 2),
+                "max_batch_per_device": {f"{g:g}": int((g * GiB - fixed) // per_clip) for g in budgets_gib}}
 
 
 def main() -> None:

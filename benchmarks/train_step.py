@@ -5,23 +5,27 @@ AdamW, clipping) on the same weights and the same batch, float32, on this machin
   ours:  `tvr_jax.train.make_train_step` of a config with `BASELINE_OVERRIDES` (our real step,
          sharded loss on a one-device mesh, non-finite guard included);
   peer:  `benchmarks/torch_reference.py` (transformers' PyTorch CLIP towers).
-The first losses must agree (same model) or the run stops. Then rounds alternate one step of
-each, so load on the machine hits both alike; the tables give medians, warm-up excluded. The
-towers are also timed alone (gradient of their output features), for MFU per tower.
+Each side runs in its own process (its own thread pool and allocator settings), driven over
+pipes by this one. The first losses must agree (same model) or the run stops. Then rounds
+alternate the two, so load on the machine hits both alike; each timed run follows an untimed run
+of the same job (see `serve`); the tables give medians, warm-up excluded. The towers are also timed alone (gradient of their
+output features), for MFU per tower.
 
 MFU = model FLOPs (`flops.py`: counted by hand, checked against the jaxpr and XLA's
 cost_analysis) / step time / the best float32 matmul rate measured in this same run.
 
     python benchmarks/train_step.py                        # tiny and ViT-B/32 (12 frames, 32 words)
-    python benchmarks/train_step.py --options              # + XLA / dtype variants of ours, in subprocesses
+    python benchmarks/train_step.py --options              # XLA / dtype variants -> xla_cpu_options.json
 
 Each `--options` variant (XLA_FLAGS are read once per process) runs ours alone in a fresh
-process at ViT-B/32, and PyTorch bfloat16 autocast runs as the peer's counterpart.
+process at ViT-B/32; PyTorch float32 and bfloat16 autocast run the same way beside them.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import json
 import os
 import subprocess
@@ -45,18 +49,28 @@ BASELINE_OVERRIDES = [
 ]
 SETTINGS = {  # name -> (config, clips per step, timed rounds per --rounds: tiny steps take milliseconds)
     "tiny": ("configs/msrvtt_vit_b32.py:tiny", 8, 10),
-    "vit_b32": ("configs/msrvtt_vit_b32.py", 8, 1),
+    "vit_b32": ("configs/msrvtt_vit_b32.py", 8, 1),  # --rounds 3 by default: each round runs every job twice
 }
-# name -> (XLA_FLAGS, extra config overrides); each runs in its own process.
+# Variants of ours: name -> (XLA_FLAGS, config overrides, keep freed host memory); each runs in its
+# own process. The comparison runs both sides with `keep_freed_host_memory()`; these variants
+# show what it does to each.
 OPTIONS = {
-    "default": ("", []),
-    "bfloat16 compute": ("", ["model.dtype='bfloat16'"]),
-    "one thread (no Eigen pool)": ("--xla_cpu_multi_thread_eigen=false", []),
-    "fast math": ("--xla_cpu_enable_fast_math=true", []),
-    "oneDNN": ("--xla_cpu_use_onednn=true", []),
-    "XNNPACK": ("--xla_cpu_use_xnnpack=true", []),
-    "512-bit vectors": ("--xla_cpu_prefer_vector_width=512", []),
-    "scan over layers": ("", ["model.scan_layers=True"]),
+    "default (as compared with PyTorch above)": ("", [], True),
+    "glibc's default malloc (freed memory unmapped)": ("", [], False),
+    "bfloat16 compute": ("", ["model.dtype='bfloat16'"], True),
+    "one thread (no Eigen pool)": ("--xla_cpu_multi_thread_eigen=false", [], True),
+    "fast math": ("--xla_cpu_enable_fast_math=true", [], True),
+    "oneDNN": ("--xla_cpu_use_onednn=true", [], True),
+    "XNNPACK": ("--xla_cpu_use_xnnpack=true", [], True),
+    "512-bit vectors": ("--xla_cpu_prefer_vector_width=512", [], True),
+    "scan over layers": ("", ["model.scan_layers=True"], True),
+}
+# name -> (bfloat16 autocast, keep freed host memory)
+PEER_VARIANTS = {
+    "PyTorch float32": (False, True),
+    "PyTorch float32, glibc's default malloc": (False, False),
+    "PyTorch bfloat16 autocast": (True, True),
+    "PyTorch bfloat16 autocast, glibc's default malloc": (True, False),
 }
 
 
@@ -104,7 +118,7 @@ class Ours:
         return float(metrics["loss"])  # waits for the step
 
     def tower_steps(self):
-        """Gradient of each tower's output features (random cotangent), params only: (image, text) fns."""
+        """Gradient of each tower's output features (a fixed cotangent), params only: (image, text) fns."""
         import jax
         import jax.numpy as jnp
 
@@ -150,7 +164,7 @@ class Peer:
             return self.step_fn(*self.inputs)
 
     def tower_steps(self):
-        _torch, m = self.torch, self.hf
+        m = self.hf
         video, _, ids = self.inputs
         images = video.reshape(-1, *video.shape[2:]).permute(0, 3, 1, 2)
 
@@ -165,95 +179,154 @@ class Peer:
         return image, text
 
 
-# -- timing -----------------------------------------------------------------------------------
-def timed(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
+# -- the harness ------------------------------------------------------------------------------
+def keep_freed_host_memory() -> None:
+    """Tell glibc to serve every allocation from its heap and never trim it, so freed pages stay mapped.
+
+    By default glibc maps each allocation above 32 MiB afresh and unmaps it on free, so a program
+    that allocates big temporaries at every step writes into pages the kernel must fault in and
+    zero first (a pass over a fresh 59 MB buffer: 15 ms, against 2.5 ms over a mapped one, on this
+    machine). Both sides of the comparison run with this; the --options table shows what it is
+    worth to each (PyTorch, which allocates per operation, gains; XLA does not).
+    """
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    m_trim_threshold, m_mmap_max = -1, -4  # malloc.h
+    if not (libc.mallopt(m_mmap_max, 0) and libc.mallopt(m_trim_threshold, 2**31 - 1)):
+        raise RuntimeError("mallopt refused the settings: not glibc?")
+
+
+# -- one framework per process ----------------------------------------------------------------
+# Each side runs in its own process; a parent drives both over pipes and alternates them, so a
+# load on the machine hits both alike. Each timed run follows an untimed one of the same job: on
+# this VM a step that follows a 15 s wait ran 20-50 % slower than one run back to back (the
+# kernel's DAMON pages out memory left idle), and a training loop never waits like that
+# (benchmarks/notes/train_step.md).
+_REPLY = "@@ "  # marks protocol lines on a worker's stdout
+
+
+def serve(side: str, setting: str, hf_dir: str, overrides: list[str], keep_host_memory: bool) -> None:
+    """Worker loop: build one side, then answer `first_loss`, `time <job>`, `quit` on stdin."""
+    if keep_host_memory:
+        keep_freed_host_memory()
+    config, batch, _ = SETTINGS[setting]
+    reply = lambda obj: print(_REPLY + json.dumps(obj), flush=True)
+    if side in PEER_VARIANTS:
+        from benchmarks import torch_reference as ref
+        from tvr_jax import train
+        from tvr_jax.config_io import load_config
+
+        m = train.build_model(load_config(config, BASELINE_OVERRIDES))[0].config
+        runner = Peer(m.clip, make_batch(m.clip, m.max_frames, m.max_words, batch), bf16=PEER_VARIANTS[side][0])
+        if hf_dir:
+            ref.save_hf(runner.hf, hf_dir)  # ours loads these weights: the same model on both sides
+        reply({})
+    else:
+        runner = Ours(config, batch, BASELINE_OVERRIDES + overrides, init_checkpoint=hf_dir)
+        reply({"compile_s": runner.compile_s, "xla_flops": runner.xla_flops, "memory": runner.memory})
+    jobs = {"step": runner.run_step}
+    jobs["image_tower"], jobs["text_tower"] = runner.tower_steps()
+    for line in sys.stdin:
+        command, _, arg = line.strip().partition(" ")
+        if command == "first_loss":
+            reply(runner.run_step())
+        elif command == "time":  # one untimed run first: it brings back pages the idle wait lost
+            jobs[arg]()
+            t0 = time.perf_counter()
+            jobs[arg]()
+            reply(time.perf_counter() - t0)
+        else:
+            return
+
+
+class Worker:
+    """A `serve` process of this script."""
+
+    def __init__(self, side: str, setting: str, hf_dir: str = "", overrides=(), xla_flags: str = "",
+                 keep_host_memory: bool = True):
+        env = dict(os.environ)
+        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + xla_flags).strip()
+        cmd = [sys.executable, __file__, "--serve", side, "--settings", setting, "--hf-dir", hf_dir,
+               "--keep-host-memory", str(int(keep_host_memory)), "--overrides", *overrides]
+        self.side = side
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        self.ready = self._read()
+
+    def ask(self, command: str):
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            if line.startswith(_REPLY):
+                return json.loads(line[len(_REPLY):])
+        raise RuntimeError(f"benchmark worker {self.side!r} exited with {self.proc.wait()} (its stderr is above)")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.write("quit\n")
+            self.proc.stdin.close()
+            self.proc.wait()
 
 
 def compare(name: str, rounds: int, warmup: int) -> dict:
-    """Ours and the peer on one setting: loss parity, then alternating timed rounds."""
+    """Ours and the peer on one setting, on the same weights: loss parity, then alternating timed rounds."""
     config, batch, more = SETTINGS[name]
     rounds *= more
-    from benchmarks import torch_reference as ref
     from tvr_jax import train
     from tvr_jax.config_io import load_config
 
-    mcfg = train.build_model(load_config(config, BASELINE_OVERRIDES))[0].config
-    peer = Peer(mcfg.clip, make_batch(mcfg.clip, mcfg.max_frames, mcfg.max_words, batch))
-    with tempfile.TemporaryDirectory() as hf_dir:  # the peer's weights, read by ours
-        ref.save_hf(peer.hf, hf_dir)
-        ours = Ours(config, batch, BASELINE_OVERRIDES, init_checkpoint=hf_dir)
-    c, frames, words = mcfg.clip, mcfg.max_frames, mcfg.max_words
-    model_flops = flops.meanp_step_flops(c, batch, frames, words)
-
-    losses = {"ours": ours.run_step(), "peer": peer.run_step()}
-    rel = abs(losses["ours"] - losses["peer"]) / abs(losses["peer"])
-    print(f"[{name}] first loss: ours {losses['ours']:.6f}, PyTorch {losses['peer']:.6f} (relative difference {rel:.1e})")
-    if rel > 1e-4:
-        raise SystemExit(f"{name}: the two steps compute different losses on the same weights and batch: {losses}")
-
-    jobs = {"step": (ours.run_step, peer.run_step)}
-    for part, o, p in zip(("image_tower", "text_tower"), ours.tower_steps(), peer.tower_steps()):
-        jobs[part] = (o, p)
-    times = {k: ([], []) for k in jobs}
-    for r in range(warmup + rounds):
-        for k, (o, p) in jobs.items():
-            to, tp = timed(o), timed(p)
-            if r >= warmup:
-                times[k][0].append(to)
-                times[k][1].append(tp)
-        if r >= warmup and (more == 1 or r == warmup + rounds - 1):
-            print(f"[{name}] round {r}: " + ", ".join(f"{k} {times[k][0][-1]:.3f}/{times[k][1][-1]:.3f} s (ours/PyTorch)"
-                                                       for k in jobs), flush=True)
+    m = train.build_model(load_config(config, BASELINE_OVERRIDES))[0].config
+    model_flops = flops.meanp_step_flops(m.clip, batch, m.max_frames, m.max_words)
+    with tempfile.TemporaryDirectory() as hf_dir:
+        peer = Worker("PyTorch float32", name, hf_dir)  # writes the weights that ours then reads
+        ours = Worker("ours", name, hf_dir)
+    try:
+        losses = {"ours": ours.ask("first_loss"), "peer": peer.ask("first_loss")}
+        rel = abs(losses["ours"] - losses["peer"]) / abs(losses["peer"])
+        print(f"[{name}] first loss: ours {losses['ours']:.6f}, PyTorch {losses['peer']:.6f} (relative difference {rel:.1e})")
+        if rel > 1e-4:
+            raise SystemExit(f"{name}: the two steps compute different losses on the same weights and batch: {losses}")
+        jobs = ("step", "image_tower", "text_tower")
+        times = {k: ([], []) for k in jobs}
+        for r in range(warmup + rounds):
+            for k in jobs:
+                to, tp = ours.ask(f"time {k}"), peer.ask(f"time {k}")
+                if r >= warmup:
+                    times[k][0].append(to)
+                    times[k][1].append(tp)
+            if r >= warmup and (more == 1 or r == warmup + rounds - 1):
+                print(f"[{name}] round {r}: " + ", ".join(
+                    f"{k} {times[k][0][-1]:.3f}/{times[k][1][-1]:.3f} s (ours/PyTorch)" for k in jobs), flush=True)
+    finally:
+        ours.close()
+        peer.close()
     flops_of = {"step": model_flops["total"], "image_tower": model_flops["image_tower"],
                 "text_tower": model_flops["text_tower"]}
-    rows = {}
-    for k, (to, tp) in times.items():
-        rows[k] = {"model_flops": flops_of[k], "ours_s": float(np.median(to)), "peer_s": float(np.median(tp)),
-                       "ours_all": to, "peer_all": tp}
-    return {"setting": name, "config": config, "batch": batch, "frames": frames, "words": words, "first_loss": losses,
-                "loss_rel_diff": rel, "compile_s": ours.compile_s, "xla_step_flops": ours.xla_flops, "hand_flops": model_flops,
-                "parts": rows}
-
-
-def option_worker(option: str, rounds: int, warmup: int) -> dict:
-    """One variant of ours (its XLA_FLAGS already set by the parent) at ViT-B/32; median step time."""
-    config, batch, _ = SETTINGS["vit_b32"]
-    ours = Ours(config, batch, BASELINE_OVERRIDES + OPTIONS[option][1])
-    times = [timed(ours.run_step) for _ in range(warmup + rounds)][warmup:]
-    return {"option": option, "seconds": float(np.median(times)), "all": times, "compile_s": ours.compile_s}
-
-
-PEER_VARIANTS = {"PyTorch float32": False, "PyTorch bfloat16 autocast": True}
-
-
-def peer_worker(option: str, rounds: int, warmup: int) -> dict:
-    from tvr_jax import train
-    from tvr_jax.config_io import load_config
-
-    config, batch, _ = SETTINGS["vit_b32"]
-    m = train.build_model(load_config(config, BASELINE_OVERRIDES))[0].config
-    peer = Peer(m.clip, make_batch(m.clip, m.max_frames, m.max_words, batch), bf16=PEER_VARIANTS[option])
-    times = [timed(peer.run_step) for _ in range(warmup + rounds)][warmup:]
-    return {"option": option, "seconds": float(np.median(times)), "all": times}
+    parts = {k: {"model_flops": flops_of[k], "ours_s": float(np.median(to)), "peer_s": float(np.median(tp)),
+                 "ours_all": to, "peer_all": tp} for k, (to, tp) in times.items()}
+    return {"setting": name, "config": config, "batch": batch, "frames": m.max_frames, "words": m.max_words,
+            "first_loss": losses, "loss_rel_diff": rel, "compile_s": ours.ready["compile_s"],
+            "xla_step_flops": ours.ready["xla_flops"], "hand_flops": model_flops, "parts": parts}
 
 
 def run_options(rounds: int, warmup: int) -> list[dict]:
-    """Every variant of ours and of the peer, each in a fresh process (XLA_FLAGS are read at start)."""
+    """Every variant of ours and of the peer at ViT-B/32, each in a fresh process (XLA_FLAGS are read at start)."""
     out = []
     for option in [*OPTIONS, *PEER_VARIANTS]:
-        env = dict(os.environ)
         if option in OPTIONS:
-            env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + OPTIONS[option][0]).strip()
-        cmd = [sys.executable, __file__, "--worker", option, "--rounds", str(rounds), "--warmup", str(warmup)]
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-            out.append({"option": option, "seconds": None, "error": " | ".join(tail)})
+            flags, overrides, keep = OPTIONS[option]
+            side = "ours"
         else:
-            out.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            (flags, overrides, keep), side = ("", [], PEER_VARIANTS[option][1]), option
+        try:
+            worker = Worker(side, "vit_b32", overrides=overrides, xla_flags=flags, keep_host_memory=keep)
+        except RuntimeError as e:
+            out.append({"option": option, "seconds": None, "error": str(e)})
+            continue
+        times = [worker.ask("time step") for _ in range(warmup + rounds)][warmup:]
+        worker.close()
+        out.append({"option": option, "seconds": float(np.median(times)), "all": times, **worker.ready})
         print(json.dumps({k: v for k, v in out[-1].items() if k != "all"}), flush=True)
     return out
 
@@ -288,7 +361,7 @@ def tables(results: list[dict], peak: dict) -> list[dict]:
 
 def options_table(options: list[dict]) -> dict:
     seconds = {o["option"]: o.get("seconds") for o in options}
-    ours, peer = seconds.get("default"), seconds.get("PyTorch float32")
+    ours, peer = seconds.get(next(iter(OPTIONS))), seconds.get("PyTorch float32")
     rows = [[o["option"], f"{o['seconds']:.3f}" if o.get("seconds") else "failed: " + o.get("error", ""),
              f"{ours / o['seconds']:.2f}x" if o.get("seconds") and ours else "",
              f"{o['seconds'] / peer:.2f}x" if o.get("seconds") and peer else ""] for o in options]
@@ -307,15 +380,17 @@ def print_tables(out_tables: list[dict]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--options", action="store_true", help="time XLA / dtype variants of ours and the peer instead")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--serve", help=argparse.SUPPRESS)
+    parser.add_argument("--hf-dir", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--overrides", nargs="*", default=[], help=argparse.SUPPRESS)
+    parser.add_argument("--keep-host-memory", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--out", help="default: benchmarks/results/train_step.json, or xla_cpu_options.json with --options")
     args = parser.parse_args()
-    if args.worker:  # a subprocess of --options: one JSON line on stdout
-        worker = peer_worker if args.worker in PEER_VARIANTS else option_worker
-        print(json.dumps(worker(args.worker, args.rounds, args.warmup)))
+    if args.serve:  # a worker process of compare() / run_options()
+        serve(args.serve, args.settings[0], args.hf_dir, args.overrides, args.keep_host_memory == 1)
         return
     if args.options:
         options = run_options(args.rounds, args.warmup)

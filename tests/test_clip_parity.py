@@ -321,3 +321,21 @@ def test_remat_reduces_compiled_memory(scan_layers):
         grad = jax.jit(jax.grad(lambda p, x, m=model: jnp.sum(m.apply({"params": p}, x) ** 2)))
         temp[remat] = grad.lower(params, x).compile().memory_analysis().temp_size_in_bytes
     assert temp[True] < 0.5 * temp[False], temp
+
+
+def test_patch_embedding_equals_the_strided_convolution():
+    """The patches @ kernel form computes CLIP's stride-p convolution, with nn.Conv's parameter (name, shape, init)."""
+    import flax.linen as nn
+
+    from tvr_jax.models.clip import PatchEmbedding
+
+    images = jnp.asarray(np.random.default_rng(0).normal(size=(2, 24, 24, 3)), jnp.float32)
+    ours, conv = PatchEmbedding(16, 8), nn.Conv(16, (8, 8), strides=(8, 8), padding="VALID", use_bias=False)
+    params = ours.init(jax.random.PRNGKey(1), images)["params"]
+    conv_params = conv.init(jax.random.PRNGKey(1), images)["params"]
+    np.testing.assert_array_equal(params["kernel"], conv_params["kernel"])
+    expected = conv.apply({"params": params}, images).reshape(2, 9, 16)
+    np.testing.assert_allclose(ours.apply({"params": params}, images), expected, rtol=1e-5, atol=1e-5)
+    grad = lambda f: jax.grad(lambda p: jnp.sum(jnp.sin(f(p))))(params)["kernel"]
+    np.testing.assert_allclose(grad(lambda p: ours.apply({"params": p}, images)),
+                               grad(lambda p: conv.apply({"params": p}, images)), rtol=1e-4, atol=1e-5)

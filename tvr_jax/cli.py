@@ -120,10 +120,10 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     """Generate and prepare the synthetic set, train the tiny model, evaluate, print the table."""
+    from configs import synthetic
     from data_pipeline import prepare
     from tvr_jax import evaluate, train
     from tvr_jax.config_io import apply_override
-    from configs import synthetic
 
     t0 = time.perf_counter()
     data_dir = os.path.join(args.workdir, "data")

@@ -242,6 +242,27 @@ def _tower_kwargs(cfg: CLIPConfig, tower: str) -> dict[str, Any]:
     )
 
 
+class PatchEmbedding(nn.Module):
+    """CLIP's stride-p, bias-free p x p convolution, computed as patches @ kernel: (N, H, W, 3) -> (N, P, width).
+
+    The same parameter (`kernel`, (p, p, 3, width), as `nn.Conv`'s) and the same arithmetic; one
+    matrix product runs several times faster than XLA's CPU convolution here (benchmarks/notes/train_step.md).
+    """
+
+    width: int
+    patch: int
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, images):
+        p, (n, h, w, c) = self.patch, images.shape
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (p, p, c, self.width), self.param_dtype)
+        patches = images.reshape(n, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
+        patches = patches.reshape(n, (h // p) * (w // p), p * p * c)  # (row, column, channel) order, as the kernel
+        return patches @ kernel.reshape(p * p * c, self.width).astype(self.dtype)
+
+
 class VisionTransformer(nn.Module):
     """CLIP image tower: images (N, H, W, 3), normalised -> projected tokens (N, 1 + P, D)."""
 
@@ -256,10 +277,8 @@ class VisionTransformer(nn.Module):
                 f"images must be (..., {cfg.image_size}, {cfg.image_size}, 3) NHWC for this model, "
                 f"got shape {images.shape}"
             )
-        width, p = cfg.vision_width, cfg.patch_size
-        x = nn.Conv(width, (p, p), strides=(p, p), padding="VALID", use_bias=False, dtype=dtype,
-                    param_dtype=pdtype, name="conv1")(images.astype(dtype))
-        x = x.reshape(x.shape[0], -1, width)
+        width = cfg.vision_width
+        x = PatchEmbedding(width, cfg.patch_size, dtype, pdtype, name="conv1")(images.astype(dtype))
         init = nn.initializers.normal(width**-0.5)
         cls = self.param("class_embedding", init, (width,), pdtype)
         pos = self.param("positional_embedding", init, (cfg.grid_size**2 + 1, width), pdtype)
