@@ -21,8 +21,8 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from tvr_jax.models import clip_weights
 from tvr_jax import sharding
+from tvr_jax.models import clip_weights  # not tvr_jax.clip: its tokenizer (ftfy) is no training dependency
 from tvr_jax.models.clip import PRESETS
 from tvr_jax.models.retrieval import RetrievalConfig, RetrievalModel, init_from_clip
 from tvr_jax.objective import LossConfig, sharded_total_loss
