@@ -23,8 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from benchmarks.report import eval_tables, render_table
-from benchmarks.results_io import write_results
+from benchmarks.report import eval_tables
+from benchmarks.results_io import print_tables, write_results
 from tvr_jax.objective import LossConfig, similarity_matrix
 from tvr_jax.search import rank_videos
 
@@ -102,8 +102,7 @@ def main() -> None:
     search = search_benchmark(args.index_videos, cfg)
     print(json.dumps(search), flush=True)
     tables = eval_tables({"scoring": scoring, "search": search})  # report.py renders older results with it too
-    for t in tables:
-        print("\n" + render_table(t))
+    print_tables(tables)
     write_results(args.out, tables=tables, scoring=scoring, search=search)
 
 

@@ -26,14 +26,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from benchmarks import flops
-from benchmarks.results_io import table, write_results
-from benchmarks.train_step import (
-    BASELINE_OVERRIDES,
-    Ours,
-    Peer,
-    make_batch,
-    print_tables,
-)
+from benchmarks.results_io import print_tables, table, write_results
+from benchmarks.train_step import BASELINE_OVERRIDES, Ours, Peer, make_batch
 
 BF16 = ["model.dtype='bfloat16'"]
 FULL, BASELINE = "ours: DMAE + NegNCE + TPM-CL", "ours: meanP + InfoNCE"

@@ -32,7 +32,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.results_io import table, write_results
+from benchmarks.results_io import print_tables, table, write_results
 from data_pipeline import prepare as prep
 from data_pipeline.input_pipeline import (
     CLIP_MEAN,
@@ -226,10 +226,7 @@ def main() -> None:
                         [[f"write {args.clips} source videos", round(t_write, 1)],
                          [f"`prepare` those {args.clips} videos (1 fps, short side {SIZE})", round(t_prepare, 1)],
                          ["`prepare --dataset synthetic` (generate 500 videos, prepare them)", round(t_synthetic, 1)]]))
-    for t in tables:
-        print(f"\n{t['title']}")
-        for row in t["rows"]:
-            print("  " + " | ".join(str(c) for c in row))
+    print_tables(tables)
     print(f"versions {versions}")
     write_results(args.out, tables=tables, **results)
     print(f"wrote {args.out}")

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,7 +27,7 @@ if ROOT not in sys.path:  # run as a script, `benchmarks` is not importable othe
     sys.path.insert(0, ROOT)
 
 # results_io imports only the standard library at the top: jax comes with write_results alone.
-from benchmarks.results_io import table
+from benchmarks.results_io import render_table, table
 
 RESULTS_DIR = os.path.join(ROOT, "benchmarks", "results")
 NOTES_DIR = os.path.join(ROOT, "benchmarks", "notes")
@@ -162,32 +161,6 @@ LEGACY_TABLES = {
 
 
 # ---- rendering ----
-
-
-def _cell(value) -> str:
-    if value is None:
-        return ""
-    return str(value).replace("|", "\\|").replace("\n", " ")
-
-
-_NUMBER_LIKE = re.compile(r"^\**-?[\d.,]+ ?(x|%)?\**$")  # 12.0x, 27 %, **12.0x**: ratios read as numbers
-
-
-def _numeric(value) -> bool:
-    if isinstance(value, str):
-        return bool(_NUMBER_LIKE.match(value))
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def render_table(t: dict) -> str:
-    columns, rows = t["columns"], t["rows"]
-    # Right-align columns whose every filled cell is a number, as numbers read in markdown tables.
-    right = [all(_numeric(r[i]) or r[i] in ("", None) for r in rows) and any(_numeric(r[i]) for r in rows)
-             for i in range(len(columns))]
-    lines = [f"**{t['title']}**", "", "| " + " | ".join(_cell(c) for c in columns) + " |",
-             "|" + "|".join("---:" if r else "---" for r in right) + "|"]
-    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def machine_line(meta: dict) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import sys
 import time
 
@@ -48,3 +49,35 @@ def write_results(path: str, *, tables: list[dict] | None = None, **payload) -> 
     with open(path + ".tmp", "w") as f:
         json.dump(result, f, indent=2)
     os.replace(path + ".tmp", path)  # a reader never sees half a file
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+_NUMBER_LIKE = re.compile(r"^\**-?[\d.,]+ ?(x|%)?\**$")  # 12.0x, 27 %, **12.0x**: ratios read as numbers
+
+
+def _numeric(value) -> bool:
+    if isinstance(value, str):
+        return bool(_NUMBER_LIKE.match(value))
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def render_table(t: dict) -> str:
+    columns, rows = t["columns"], t["rows"]
+    # Right-align columns whose every filled cell is a number, as numbers read in markdown tables.
+    right = [all(_numeric(r[i]) or r[i] in ("", None) for r in rows) and any(_numeric(r[i]) for r in rows)
+             for i in range(len(columns))]
+    lines = [f"**{t['title']}**", "", "| " + " | ".join(_cell(c) for c in columns) + " |",
+             "|" + "|".join("---:" if r else "---" for r in right) + "|"]
+    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def print_tables(tables: list[dict]) -> None:
+    """The tables as BENCHMARKS.md shows them, on stdout: what a benchmark run prints last."""
+    for t in tables:
+        print("\n" + render_table(t))

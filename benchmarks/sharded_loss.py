@@ -26,8 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from benchmarks.report import render_table, sharded_loss_tables
-from benchmarks.results_io import write_results
+from benchmarks.report import sharded_loss_tables
+from benchmarks.results_io import print_tables, write_results
 from tvr_jax import sharding
 from tvr_jax.objective import LossConfig, sharded_total_loss
 
@@ -114,8 +114,7 @@ def main() -> None:
             timing.append(step_times(variant))
             print(json.dumps(timing[-1]), flush=True)
     tables = sharded_loss_tables({"memory": memory, "timing": timing})  # report.py renders older results with it too
-    for t in tables:
-        print("\n" + render_table(t))
+    print_tables(tables)
     write_results(args.out, tables=tables, memory=memory, timing=timing)
 
 

@@ -19,8 +19,8 @@ import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from benchmarks.report import render_table, similarity_memory_tables
-from benchmarks.results_io import write_results
+from benchmarks.report import similarity_memory_tables
+from benchmarks.results_io import print_tables, write_results
 from tvr_jax.similarity import dmae_similarity
 
 MiB = 2**20
@@ -57,8 +57,7 @@ def main() -> None:
                              "full_grid_MiB": round(grid / MiB, 1), "compile_s": round(time.perf_counter() - t0, 1)})
                 print(json.dumps(rows[-1]), flush=True)
     tables = similarity_memory_tables({"rows": rows})  # the same builder renders the older results in report.py
-    for t in tables:
-        print("\n" + render_table(t))
+    print_tables(tables)
     write_results(args.out, tables=tables, rows=rows)
 
 

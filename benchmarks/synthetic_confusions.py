@@ -19,8 +19,8 @@ import jax
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from benchmarks.report import render_table, synthetic_confusions_tables
-from benchmarks.results_io import write_results
+from benchmarks.report import synthetic_confusions_tables
+from benchmarks.results_io import print_tables, write_results
 from configs.synthetic import get_config
 from tvr_jax import evaluate, sharding, train
 
@@ -67,8 +67,7 @@ def main() -> None:
            "involving_direction": with_direction, "t2v": report["t2v"],
            "confusions": [{"values": n, "attributes": list(names), "count": c} for (n, names), c in counts.most_common()]}
     tables = synthetic_confusions_tables(raw)  # report.py renders older results with it too
-    for t in tables:
-        print("\n" + render_table(t))
+    print_tables(tables)
     write_results(args.out, tables=tables, **raw)
 
 

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from benchmarks.results_io import table, write_results
+from benchmarks.results_io import print_tables, table, write_results
 from tvr_jax import sharding, train
 from tvr_jax.config_io import load_config
 from tvr_jax.optim import make_optimizer
@@ -108,10 +108,9 @@ def main() -> None:
               r["fixed_GiB"]] + [r["max_batch_per_device"][f"{g:g}"] for g in args.budgets_gib] for r in rows]
     title = (f"Train-step memory per device, {args.config} (float32, one device, {jax.default_backend()} "
              f"({jax.devices()[0].device_kind}) compiler's memory_analysis)")
-    print(f"\n{title}\n| " + " | ".join(columns) + " |\n|" + "---|" * len(columns))
-    for c in cells:
-        print("| " + " | ".join(str(v) for v in c) + " |")
-    write_results(args.out, tables=[table(title, columns, cells)], config=args.config,
+    tables = [table(title, columns, cells)]
+    print_tables(tables)
+    write_results(args.out, tables=tables, config=args.config,
                   xla_flags=os.environ.get("XLA_FLAGS", ""), rows=rows)
 
 

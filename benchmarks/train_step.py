@@ -37,7 +37,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from benchmarks import flops
-from benchmarks.results_io import table, write_results
+from benchmarks.results_io import print_tables, table, write_results
 
 # tau = 0.2 on both sides: our NegNCE clamps P to [1e-6, 1 - 1e-6] (method.md 3), which binds at
 # random init with tau = 0.01 and makes the first losses differ; with cosines in [-1, 1] and 8
@@ -185,8 +185,7 @@ def keep_freed_host_memory() -> None:
 
     By default glibc maps each allocation above 32 MiB afresh and unmaps it on free, so a program
     that allocates big temporaries at every step writes into pages the kernel must fault in and
-    zero first (a pass over a fresh 59 MB buffer: 15 ms, against 2.5 ms over a mapped one, on this
-    machine). Both sides of the comparison run with this; the --options table shows what it is
+    zero first. Both sides of the comparison run with this; the --options table shows what it is
     worth to each (PyTorch, which allocates per operation, gains; XLA does not).
     """
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
@@ -368,13 +367,6 @@ def options_table(options: list[dict]) -> dict:
     return table(f"ViT-B/32 meanP step ({SETTINGS['vit_b32'][1]} clips x 12 frames x 32 words), each variant in a "
                  "fresh process, median of rounds",
                  ["variant", "step s", "speed-up vs our default", "time / PyTorch float32"], rows)
-
-
-def print_tables(out_tables: list[dict]) -> None:
-    for t in out_tables:
-        print(f"\n{t['title']}\n| " + " | ".join(t["columns"]) + " |")
-        for row in t["rows"]:
-            print("| " + " | ".join(str(c) for c in row) + " |")
 
 
 def main() -> None:

@@ -246,7 +246,7 @@ class PatchEmbedding(nn.Module):
     """CLIP's stride-p, bias-free p x p convolution, computed as patches @ kernel: (N, H, W, 3) -> (N, P, width).
 
     The same parameter (`kernel`, (p, p, 3, width), as `nn.Conv`'s) and the same arithmetic; one
-    matrix product runs several times faster than XLA's CPU convolution here (benchmarks/notes/train_step.md).
+    matrix product runs faster than XLA's CPU convolution (benchmarks/notes/train_step.md).
     """
 
     width: int
