@@ -8,7 +8,7 @@ AdamW, clipping) on the same weights and the same batch, float32, on this machin
 Each side runs in its own process (its own thread pool and allocator settings), driven over
 pipes by this one. The first losses must agree (same model) or the run stops. Then rounds
 alternate the two, so load on the machine hits both alike; each timed run follows an untimed run
-of the same job (see `serve`); the tables give medians, warm-up excluded. The towers are also timed alone (gradient of their
+of the same job (`benchmarks/side_by_side.py`); the tables give medians, warm-up excluded. The towers are also timed alone (gradient of their
 output features), for MFU per tower.
 
 MFU = model FLOPs (`flops.py`: counted by hand, checked against the jaxpr and XLA's
@@ -24,11 +24,8 @@ process at ViT-B/32; PyTorch float32 and bfloat16 autocast run the same way besi
 from __future__ import annotations
 
 import argparse
-import ctypes
-import ctypes.util
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,6 +35,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from benchmarks import flops
 from benchmarks.results_io import print_tables, table, write_results
+from benchmarks.side_by_side import Worker, alternate, keep_freed_host_memory, serve
 
 # tau = 0.2 on both sides: our NegNCE clamps P to [1e-6, 1 - 1e-6] (method.md 3), which binds at
 # random init with tau = 0.01 and makes the first losses differ; with cosines in [-1, 1] and 8
@@ -179,36 +177,12 @@ class Peer:
         return image, text
 
 
-# -- the harness ------------------------------------------------------------------------------
-def keep_freed_host_memory() -> None:
-    """Tell glibc to serve every allocation from its heap and never trim it, so freed pages stay mapped.
-
-    By default glibc maps each allocation above 32 MiB afresh and unmaps it on free, so a program
-    that allocates big temporaries at every step writes into pages the kernel must fault in and
-    zero first. Both sides of the comparison run with this; the --options table shows what it is
-    worth to each (PyTorch, which allocates per operation, gains; XLA does not).
-    """
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    m_trim_threshold, m_mmap_max = -1, -4  # malloc.h
-    if not (libc.mallopt(m_mmap_max, 0) and libc.mallopt(m_trim_threshold, 2**31 - 1)):
-        raise RuntimeError("mallopt refused the settings: not glibc?")
-
-
-# -- one framework per process ----------------------------------------------------------------
-# Each side runs in its own process; a parent drives both over pipes and alternates them, so a
-# load on the machine hits both alike. Each timed run follows an untimed one of the same job: on
-# this VM a step that follows a 15 s wait ran 20-50 % slower than one run back to back (the
-# kernel's DAMON pages out memory left idle), and a training loop never waits like that
-# (benchmarks/notes/train_step.md).
-_REPLY = "@@ "  # marks protocol lines on a worker's stdout
-
-
-def serve(side: str, setting: str, hf_dir: str, overrides: list[str], keep_host_memory: bool) -> None:
-    """Worker loop: build one side, then answer `first_loss`, `time <job>`, `quit` on stdin."""
+# -- one framework per process (benchmarks/side_by_side.py) -----------------------------------
+def serve_side(side: str, setting: str, hf_dir: str, overrides: list[str], keep_host_memory: bool) -> None:
+    """Worker: build one side of `setting`, then serve its jobs: step, image_tower, text_tower."""
     if keep_host_memory:
         keep_freed_host_memory()
     config, batch, _ = SETTINGS[setting]
-    reply = lambda obj: print(_REPLY + json.dumps(obj), flush=True)
     if side in PEER_VARIANTS:
         from benchmarks import torch_reference as ref
         from tvr_jax import train
@@ -218,54 +192,20 @@ def serve(side: str, setting: str, hf_dir: str, overrides: list[str], keep_host_
         runner = Peer(m.clip, make_batch(m.clip, m.max_frames, m.max_words, batch), bf16=PEER_VARIANTS[side][0])
         if hf_dir:
             ref.save_hf(runner.hf, hf_dir)  # ours loads these weights: the same model on both sides
-        reply({})
+        ready = {}
     else:
         runner = Ours(config, batch, BASELINE_OVERRIDES + overrides, init_checkpoint=hf_dir)
-        reply({"compile_s": runner.compile_s, "xla_flops": runner.xla_flops, "memory": runner.memory})
+        ready = {"compile_s": runner.compile_s, "xla_flops": runner.xla_flops, "memory": runner.memory}
     jobs = {"step": runner.run_step}
     jobs["image_tower"], jobs["text_tower"] = runner.tower_steps()
-    for line in sys.stdin:
-        command, _, arg = line.strip().partition(" ")
-        if command == "first_loss":
-            reply(runner.run_step())
-        elif command == "time":  # one untimed run first: it brings back pages the idle wait lost
-            jobs[arg]()
-            t0 = time.perf_counter()
-            jobs[arg]()
-            reply(time.perf_counter() - t0)
-        else:
-            return
+    serve(jobs, ready)
 
 
-class Worker:
-    """A `serve` process of this script."""
-
-    def __init__(self, side: str, setting: str, hf_dir: str = "", overrides=(), xla_flags: str = "",
-                 keep_host_memory: bool = True):
-        env = dict(os.environ)
-        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + xla_flags).strip()
-        cmd = [sys.executable, __file__, "--serve", side, "--settings", setting, "--hf-dir", hf_dir,
-               "--keep-host-memory", str(int(keep_host_memory)), "--overrides", *overrides]
-        self.side = side
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
-        self.ready = self._read()
-
-    def ask(self, command: str):
-        self.proc.stdin.write(command + "\n")
-        self.proc.stdin.flush()
-        return self._read()
-
-    def _read(self):
-        for line in self.proc.stdout:
-            if line.startswith(_REPLY):
-                return json.loads(line[len(_REPLY):])
-        raise RuntimeError(f"benchmark worker {self.side!r} exited with {self.proc.wait()} (its stderr is above)")
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.stdin.write("quit\n")
-            self.proc.stdin.close()
-            self.proc.wait()
+def worker(side: str, setting: str, hf_dir: str = "", overrides=(), xla_flags: str = "",
+           keep_host_memory: bool = True) -> Worker:
+    args = ["--settings", setting, "--hf-dir", hf_dir, "--keep-host-memory", str(int(keep_host_memory)),
+            "--overrides", *overrides]
+    return Worker(__file__, side, args, xla_flags)
 
 
 def compare(name: str, rounds: int, warmup: int) -> dict:
@@ -278,28 +218,16 @@ def compare(name: str, rounds: int, warmup: int) -> dict:
     m = train.build_model(load_config(config, BASELINE_OVERRIDES))[0].config
     model_flops = flops.meanp_step_flops(m.clip, batch, m.max_frames, m.max_words)
     with tempfile.TemporaryDirectory() as hf_dir:
-        peer = Worker("PyTorch float32", name, hf_dir)  # writes the weights that ours then reads
-        ours = Worker("ours", name, hf_dir)
-    try:
-        losses = {"ours": ours.ask("first_loss"), "peer": peer.ask("first_loss")}
+        peer = worker("PyTorch float32", name, hf_dir)  # writes the weights that ours then reads
+        ours = worker("ours", name, hf_dir)
+    with ours, peer:
+        losses = {"ours": ours.ask("run step"), "peer": peer.ask("run step")}
         rel = abs(losses["ours"] - losses["peer"]) / abs(losses["peer"])
         print(f"[{name}] first loss: ours {losses['ours']:.6f}, PyTorch {losses['peer']:.6f} (relative difference {rel:.1e})")
         if rel > 1e-4:
             raise SystemExit(f"{name}: the two steps compute different losses on the same weights and batch: {losses}")
-        jobs = ("step", "image_tower", "text_tower")
-        times = {k: ([], []) for k in jobs}
-        for r in range(warmup + rounds):
-            for k in jobs:
-                to, tp = ours.ask(f"time {k}"), peer.ask(f"time {k}")
-                if r >= warmup:
-                    times[k][0].append(to)
-                    times[k][1].append(tp)
-            if r >= warmup and (more == 1 or r == warmup + rounds - 1):
-                print(f"[{name}] round {r}: " + ", ".join(
-                    f"{k} {times[k][0][-1]:.3f}/{times[k][1][-1]:.3f} s (ours/PyTorch)" for k in jobs), flush=True)
-    finally:
-        ours.close()
-        peer.close()
+        timed = alternate([ours, peer], ["step", "image_tower", "text_tower"], rounds, warmup)
+    times = {k: (v[ours.side], v[peer.side]) for k, v in timed.items()}
     flops_of = {"step": model_flops["total"], "image_tower": model_flops["image_tower"],
                 "text_tower": model_flops["text_tower"]}
     parts = {k: {"model_flops": flops_of[k], "ours_s": float(np.median(to)), "peer_s": float(np.median(tp)),
@@ -319,13 +247,13 @@ def run_options(rounds: int, warmup: int) -> list[dict]:
         else:
             (flags, overrides, keep), side = ("", [], PEER_VARIANTS[option][1]), option
         try:
-            worker = Worker(side, "vit_b32", overrides=overrides, xla_flags=flags, keep_host_memory=keep)
+            w = worker(side, "vit_b32", overrides=overrides, xla_flags=flags, keep_host_memory=keep)
         except RuntimeError as e:
             out.append({"option": option, "seconds": None, "error": str(e)})
             continue
-        times = [worker.ask("time step") for _ in range(warmup + rounds)][warmup:]
-        worker.close()
-        out.append({"option": option, "seconds": float(np.median(times)), "all": times, **worker.ready})
+        with w:
+            times = [w.ask("time step") for _ in range(warmup + rounds)][warmup:]
+        out.append({"option": option, "seconds": float(np.median(times)), "all": times, **w.ready})
         print(json.dumps({k: v for k, v in out[-1].items() if k != "all"}), flush=True)
     return out
 
@@ -382,7 +310,7 @@ def main() -> None:
     parser.add_argument("--out", help="default: benchmarks/results/train_step.json, or xla_cpu_options.json with --options")
     args = parser.parse_args()
     if args.serve:  # a worker process of compare() / run_options()
-        serve(args.serve, args.settings[0], args.hf_dir, args.overrides, args.keep_host_memory == 1)
+        serve_side(args.serve, args.settings[0], args.hf_dir, args.overrides, args.keep_host_memory == 1)
         return
     if args.options:
         options = run_options(args.rounds, args.warmup)

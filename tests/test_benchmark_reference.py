@@ -67,11 +67,7 @@ def test_torch_peer_computes_our_baseline_loss_and_gradient(tmp_path):
 
     cfg, model = _baseline()
     m = model.config
-    hf = ref.random_clip(m.clip, seed=3)
-    with torch.no_grad():  # HF initialises norms to 1/0 and biases to 0: move every parameter off that
-        for p in hf.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    ref.save_hf(hf, str(tmp_path))
+    hf = _perturbed_peer(m.clip, str(tmp_path), seed=3)
     cfg.init_checkpoint = str(tmp_path)
     model, clip_params = train.build_model(cfg)
     params = train.init_from_clip(m, model.init(jax.random.PRNGKey(0), *model.dummy_batch(1))["params"], clip_params)
@@ -88,6 +84,67 @@ def test_torch_peer_computes_our_baseline_loss_and_gradient(tmp_path):
     peer_norm = np.sqrt(sum(float((p.grad.double() ** 2).sum()) for p in hf.parameters() if p.grad is not None))
     ours_norm = np.sqrt(sum(float(np.sum(np.asarray(g, np.float64) ** 2)) for g in jax.tree.leaves(ours_grads)))
     np.testing.assert_allclose(ours_norm, peer_norm, rtol=1e-4)
+
+
+def _perturbed_peer(clip_config, folder: str, seed: int):
+    """A random HF CLIP with every parameter moved off HF's init (norms 1, biases 0), saved for `clip.load`."""
+    import torch
+
+    from benchmarks import torch_reference as ref
+
+    hf = ref.random_clip(clip_config, seed=seed)
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    ref.save_hf(hf, folder)
+    return hf
+
+
+def test_torch_peer_encodes_what_our_evaluation_encodes(tmp_path):
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from benchmarks import torch_reference as ref
+    from tvr_jax import evaluate, sharding
+
+    cfg, model = _baseline()
+    m = model.config
+    hf = _perturbed_peer(m.clip, str(tmp_path), seed=4)
+    cfg.init_checkpoint = str(tmp_path)
+    model, clip_params = train.build_model(cfg)
+    params = train.init_from_clip(m, model.init(jax.random.PRNGKey(0), *model.dummy_batch(1))["params"], clip_params)
+    batch = make_batch(m.clip, m.max_frames, m.max_words, 5, seed=2)
+    mesh = sharding.make_mesh((1, 1), jax.devices()[:1])
+    (videos, _), (texts, _) = (evaluate.encoder(model, mesh, kind) for kind in ("videos", "captions"))
+    ours = {**videos(params, batch), **texts(params, batch)}
+    with torch.inference_mode():
+        peer = {"frames": ref.frame_features(hf, torch.from_numpy(batch["video"])),
+                **ref.caption_features(hf, torch.from_numpy(batch["text_ids"]).long())}
+    np.testing.assert_array_equal(np.asarray(ours["word_mask"]), peer["word_mask"].numpy())
+    assert np.asarray(ours["word_mask"]).sum(1).min() > 0
+    for k in ("frames", "t_cls", "words"):
+        np.testing.assert_allclose(np.asarray(ours[k]), peer[k].numpy(), atol=2e-5, err_msg=k)
+
+
+def test_torch_peer_dmae_scores_equal_ours():
+    """The peer's blockwise eager scoring against `dmae_similarity` (att_ti, visual + textual
+    attention), with padded words and frames, a one-frame video and blocks that do not divide."""
+    torch = pytest.importorskip("torch")
+    from benchmarks import torch_reference as ref
+    from tvr_jax.similarity import dmae_similarity
+
+    rng = np.random.default_rng(0)
+    n_t, n_v, num_words, num_frames, dim = 7, 9, 6, 5, 8
+    norm = lambda x: (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+    text_cls, words = norm(rng.normal(size=(n_t, dim))), norm(rng.normal(size=(n_t, num_words, dim)))
+    frames = norm(rng.normal(size=(n_v, num_frames, dim)))
+    word_mask = np.arange(num_words)[None] < rng.integers(1, num_words + 1, n_t)[:, None]
+    frame_mask = np.arange(num_frames)[None] < rng.integers(2, num_frames + 1, n_v)[:, None]
+    frame_mask[3, 1:] = False  # one valid frame: no neighbour for the visual attention
+    word_weights = rng.integers(1, 3, (n_t, num_words)).astype(np.float32)
+    ours = dmae_similarity(text_cls, words, word_weights, word_mask, frames, frame_mask, block_size=4)
+    peer = ref.dmae_similarity(*(torch.from_numpy(x) for x in (text_cls, words, word_weights, word_mask, frames,
+                                                                    frame_mask)), text_block=3, video_block=4)
+    np.testing.assert_allclose(peer.numpy(), np.asarray(ours), atol=1e-6)
 
 
 def test_torch_peer_optimizer_decays_weight_matrices_only():

@@ -14,7 +14,7 @@ import dataclasses
 import io
 import json
 import os
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import jax
 import jax.numpy as jnp
@@ -29,8 +29,9 @@ from tvr_jax.objective import VIDEO_KEYS, LossConfig, similarity_matrix
 TEXT_KEYS = ("t_cls", "words", "word_mask", "word_weights", "word_logits")
 
 
-def encode(model: RetrievalModel, params: dict, batches: Iterable[dict], mesh: Mesh, kind: str) -> dict[str, np.ndarray]:
-    """Features of every valid row of `batches` ("videos" or "captions"), gathered on the host."""
+def encoder(model: RetrievalModel, mesh: Mesh, kind: str) -> tuple[Callable, tuple[str, ...]]:
+    """(jitted fn(params, batch) -> features of `kind`, the batch keys it reads); put batches with
+    `sharding.batch_sharding(mesh)`, the outputs' sharding."""
     if kind == "videos":
         fn = lambda p, b: model.apply({"params": p}, b["video"], b["video_mask"], method=model.encode_video)
         inputs, keys = ("video", "video_mask"), VIDEO_KEYS
@@ -40,7 +41,13 @@ def encode(model: RetrievalModel, params: dict, batches: Iterable[dict], mesh: M
     else:
         raise ValueError(f"kind must be 'videos' or 'captions', got {kind!r}")
     in_sharding = sharding.batch_sharding(mesh)
-    step = jax.jit(lambda p, b: {k: v for k, v in fn(p, b).items() if k in keys}, out_shardings=in_sharding)
+    return jax.jit(lambda p, b: {k: v for k, v in fn(p, b).items() if k in keys}, out_shardings=in_sharding), inputs
+
+
+def encode(model: RetrievalModel, params: dict, batches: Iterable[dict], mesh: Mesh, kind: str) -> dict[str, np.ndarray]:
+    """Features of every valid row of `batches` ("videos" or "captions"), gathered on the host."""
+    step, inputs = encoder(model, mesh, kind)
+    in_sharding = sharding.batch_sharding(mesh)
     chunks: dict[str, list[np.ndarray]] = {}
     for batch in batches:
         out = jax.device_get(step(params, jax.device_put({k: batch[k] for k in inputs}, in_sharding)))
