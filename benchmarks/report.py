@@ -46,6 +46,7 @@ SECTIONS = [
     ("xla_cpu_options.json", "XLA options on this CPU", "xla_cpu_options.md"),
     ("synthetic_confusions.json", "Demo: the tiny model on the synthetic set, and where its errors are",
      "synthetic_confusions.md", "tvr-jax demo --workdir /tmp/demo1 && python benchmarks/synthetic_confusions.py /tmp/demo1"),
+    ("eval_step.json", "Evaluation: ours against a PyTorch peer", "eval_step.md"),
     ("eval.json", "Evaluation: whole-test-set scoring and search", "eval.md"),
     ("gpu_check.json", "GPU check", "gpu_check.md"),
 ]

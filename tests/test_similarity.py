@@ -260,8 +260,9 @@ def test_vectorised_reference_equals_the_loop_reference():
 
 
 def test_more_than_512_texts_against_wide_video_blocks():
-    """Rows past 512, compiled with every optimisation: jaxlib 0.10.2's CPU compiler got them wrong
-    (YNNPACK reduce fusion) until `tvr_jax.xla_workarounds` took that fusion out."""
+    """Rows past 512, compiled with every optimisation. jaxlib 0.10.2's CPU compiler fuses the token
+    grid's product with the weighted sums after it (YNNPACK reduce fusion) and got rows 512+ wrong
+    while the broadcast weights were the products' first operand (see `_set_similarity`)."""
     inputs = make_inputs(seed=6, b_t=600, b_v=64, num_words=3, num_frames=12, dim=64)
     for k in ("words", "frames"):  # the padding garbage of make_inputs is tested elsewhere
         inputs[k] = np.where(inputs[k.replace("words", "word").replace("frames", "frame") + "_mask"][..., None],

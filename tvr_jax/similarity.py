@@ -85,8 +85,12 @@ def _set_similarity(x, x_mask, alpha, frames, frame_mask, beta, *, visual_attent
         t_star = jnp.argmax(jnp.where(x_mask[:, None, :, None], s, -jnp.inf), axis=2)
         v2t = jnp.take_along_axis(s, t_star[:, :, None, :], axis=2)[:, :, 0, :]  # (A, B, T)
 
-    return 0.5 * (jnp.sum(alpha[:, None, :] * t2v, axis=-1)
-                  + jnp.sum(beta[None, :, :] * v2t, axis=-1))
+    # The grid comes first in these products. jaxlib 0.10.2's CPU compiler hands the token-grid
+    # product and these sums to YNNPACK as one fusion, which returns wrong values for rows 512 and
+    # beyond when the broadcast weights are the first operand (tests/test_similarity.py,
+    # test_more_than_512_texts_against_wide_video_blocks).
+    return 0.5 * (jnp.sum(t2v * alpha[:, None, :], axis=-1)
+                  + jnp.sum(v2t * beta[None, :, :], axis=-1))
 
 
 def _check_shape(name: str, array, shape: tuple, what: str) -> None:
