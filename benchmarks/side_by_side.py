@@ -21,7 +21,7 @@ import os
 import subprocess
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 _REPLY = "@@ "  # marks protocol lines on a worker's stdout: anything else it prints passes through
 

@@ -60,17 +60,33 @@ def test_jaxpr_flops_count_scan_bodies_and_convolutions():
     assert flops.jaxpr_matmul_flops(conv) == 2 * (1 * 5 * 4 * 4) * (3 * 2 * 2)
 
 
+def _ours_and_peer(folder: str, seed: int):
+    """Our baseline model and the PyTorch peer on the same weights: a random HF CLIP with every
+    parameter moved off HF's init (norms 1, biases 0), saved and loaded with `clip.load`."""
+    import torch
+
+    from benchmarks import torch_reference as ref
+
+    cfg, model = _baseline()
+    hf = ref.random_clip(model.config.clip, seed=seed)
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    ref.save_hf(hf, folder)
+    cfg.init_checkpoint = folder
+    model, clip_params = train.build_model(cfg)
+    params = train.init_from_clip(model.config, model.init(jax.random.PRNGKey(0), *model.dummy_batch(1))["params"],
+                                  clip_params)
+    return cfg, model, params, hf
+
+
 def test_torch_peer_computes_our_baseline_loss_and_gradient(tmp_path):
     torch = pytest.importorskip("torch")
     pytest.importorskip("transformers")
     from benchmarks import torch_reference as ref
 
-    cfg, model = _baseline()
+    cfg, model, params, hf = _ours_and_peer(str(tmp_path), seed=3)
     m = model.config
-    hf = _perturbed_peer(m.clip, str(tmp_path), seed=3)
-    cfg.init_checkpoint = str(tmp_path)
-    model, clip_params = train.build_model(cfg)
-    params = train.init_from_clip(m, model.init(jax.random.PRNGKey(0), *model.dummy_batch(1))["params"], clip_params)
     batch = make_batch(m.clip, m.max_frames, m.max_words, 6, seed=1)
     batch["video_mask"][1, 2:] = False  # a clip with fewer valid frames
     ours_loss, ours_grads = jax.value_and_grad(lambda p: model_loss(
@@ -86,32 +102,14 @@ def test_torch_peer_computes_our_baseline_loss_and_gradient(tmp_path):
     np.testing.assert_allclose(ours_norm, peer_norm, rtol=1e-4)
 
 
-def _perturbed_peer(clip_config, folder: str, seed: int):
-    """A random HF CLIP with every parameter moved off HF's init (norms 1, biases 0), saved for `clip.load`."""
-    import torch
-
-    from benchmarks import torch_reference as ref
-
-    hf = ref.random_clip(clip_config, seed=seed)
-    with torch.no_grad():
-        for p in hf.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    ref.save_hf(hf, folder)
-    return hf
-
-
 def test_torch_peer_encodes_what_our_evaluation_encodes(tmp_path):
     torch = pytest.importorskip("torch")
     pytest.importorskip("transformers")
     from benchmarks import torch_reference as ref
     from tvr_jax import evaluate, sharding
 
-    cfg, model = _baseline()
+    _, model, params, hf = _ours_and_peer(str(tmp_path), seed=4)
     m = model.config
-    hf = _perturbed_peer(m.clip, str(tmp_path), seed=4)
-    cfg.init_checkpoint = str(tmp_path)
-    model, clip_params = train.build_model(cfg)
-    params = train.init_from_clip(m, model.init(jax.random.PRNGKey(0), *model.dummy_batch(1))["params"], clip_params)
     batch = make_batch(m.clip, m.max_frames, m.max_words, 5, seed=2)
     mesh = sharding.make_mesh((1, 1), jax.devices()[:1])
     (videos, _), (texts, _) = (evaluate.encoder(model, mesh, kind) for kind in ("videos", "captions"))

@@ -11,7 +11,7 @@ import pytest
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 sys.path.insert(0, ROOT)
 
-from benchmarks.side_by_side import Worker, alternate  # noqa: E402
+from benchmarks.side_by_side import Worker, alternate
 
 
 def _worker_script(tmp_path, body: str) -> str:
