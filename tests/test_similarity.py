@@ -264,11 +264,48 @@ def test_more_than_512_texts_against_wide_video_blocks():
     grid's product with the weighted sums after it (YNNPACK reduce fusion) and got rows 512+ wrong
     while the broadcast weights were the products' first operand (see `_set_similarity`)."""
     inputs = make_inputs(seed=6, b_t=600, b_v=64, num_words=3, num_frames=12, dim=64)
-    for k in ("words", "frames"):  # the padding garbage of make_inputs is tested elsewhere
-        inputs[k] = np.where(inputs[k.replace("words", "word").replace("frames", "frame") + "_mask"][..., None],
-                             inputs[k], 0.0).astype(np.float32)
     s = jax.jit(lambda i: _call(i, "att_ti", True, True, block_size=64))(inputs)
     np.testing.assert_allclose(np.asarray(s), np_att_ti(inputs), atol=1e-5)
+
+
+def _loss_and_grads_past_512() -> dict:
+    """NegNCE over S of 600 texts x 64 videos, and its gradients, for both DMAE weightings."""
+    from tvr_jax.losses import dmae_loss
+
+    inputs = make_inputs(seed=7, b_t=600, b_v=64, num_words=3, num_frames=12, dim=64)
+    inputs["frames"] = np.concatenate([inputs["frames"]] * 10)[:600]  # square S: 600 videos
+    inputs["frame_mask"] = np.concatenate([inputs["frame_mask"]] * 10)[:600]
+    inputs["frame_logits"] = np.concatenate([inputs["frame_logits"]] * 10)[:600]
+    out = {}
+    for interaction in ("att_ti", "att_wti"):
+        loss = lambda d: dmae_loss(_call({**inputs, **d}, interaction, True, True, block_size=64), temperature=0.05)
+        value, grads = jax.jit(jax.value_and_grad(loss))({k: inputs[k] for k in DIFF_KEYS})
+        out.update({f"{interaction}/loss": np.asarray(value), **{f"{interaction}/{k}": np.asarray(g) for k, g in grads.items()}})
+    return out
+
+
+def test_loss_and_gradients_past_512_texts_equal_a_compile_without_ynn_reduce_fusions(tmp_path):
+    """The backward pass has its own fused products and sums: compare the default compile with one
+    where XLA keeps YNNPACK's reduce fusions out (the fusion type that miscompiled the forward)."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "reference.npz"
+    code = ("import sys, numpy as np; sys.path.insert(0, sys.argv[1]); import test_similarity as t; "
+            "np.savez(sys.argv[2], **t._loss_and_grads_past_512())")
+    env = {**os.environ, "XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=-reduce", "JAX_PLATFORMS": "cpu"}
+    run = subprocess.run([sys.executable, "-c", code, os.path.dirname(__file__), str(out)], env=env,
+                         capture_output=True, text=True, timeout=600)
+    if run.returncode and "Unknown flag" in run.stderr:
+        pytest.skip("this jaxlib does not know --xla_cpu_experimental_ynn_fusion_type")
+    assert run.returncode == 0, run.stderr[-3000:]
+    reference = np.load(out)
+    ours = _loss_and_grads_past_512()
+    assert sorted(ours) == sorted(reference.files)
+    for k, v in ours.items():
+        scale = float(np.abs(reference[k]).max())
+        np.testing.assert_allclose(v, reference[k], atol=1e-5 * scale, rtol=0, err_msg=k)
 
 
 @pytest.mark.parametrize("interaction", ["ti", "att_wti"])
