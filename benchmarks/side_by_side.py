@@ -72,8 +72,11 @@ class Worker:
         self.ready = self._read()
 
     def ask(self, command: str):
-        self.proc.stdin.write(command + "\n")
-        self.proc.stdin.flush()
+        try:
+            self.proc.stdin.write(command + "\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            pass  # the worker is gone: _read says which one and how it ended
         return self._read()
 
     def _read(self):
@@ -83,11 +86,15 @@ class Worker:
             print(line, end="", flush=True)
         raise RuntimeError(f"benchmark worker {self.side!r} exited with {self.proc.wait()} (its stderr is above)")
 
-    def close(self) -> None:
+    def close(self, timeout: float = 60) -> None:
         if self.proc.poll() is None:
-            self.proc.stdin.write("quit\n")
-            self.proc.stdin.close()
-            self.proc.wait()
+            try:
+                self.proc.stdin.write("quit\n")
+                self.proc.stdin.close()
+                self.proc.wait(timeout)
+            except (BrokenPipeError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
 
     def __enter__(self):
         return self

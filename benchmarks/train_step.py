@@ -24,6 +24,7 @@ process at ViT-B/32; PyTorch float32 and bfloat16 autocast run the same way besi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -217,10 +218,9 @@ def compare(name: str, rounds: int, warmup: int) -> dict:
 
     m = train.build_model(load_config(config, BASELINE_OVERRIDES))[0].config
     model_flops = flops.meanp_step_flops(m.clip, batch, m.max_frames, m.max_words)
-    with tempfile.TemporaryDirectory() as hf_dir:
-        peer = worker("PyTorch float32", name, hf_dir)  # writes the weights that ours then reads
-        ours = worker("ours", name, hf_dir)
-    with ours, peer:
+    with tempfile.TemporaryDirectory() as hf_dir, contextlib.ExitStack() as workers:
+        peer = workers.enter_context(worker("PyTorch float32", name, hf_dir))  # writes the weights ours reads
+        ours = workers.enter_context(worker("ours", name, hf_dir))
         losses = {"ours": ours.ask("run step"), "peer": peer.ask("run step")}
         rel = abs(losses["ours"] - losses["peer"]) / abs(losses["peer"])
         print(f"[{name}] first loss: ours {losses['ours']:.6f}, PyTorch {losses['peer']:.6f} (relative difference {rel:.1e})")

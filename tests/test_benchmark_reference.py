@@ -125,8 +125,10 @@ def test_torch_peer_encodes_what_our_evaluation_encodes(tmp_path):
 
 def test_torch_peer_dmae_scores_equal_ours():
     """The peer's blockwise eager scoring against `dmae_similarity` (att_ti, visual + textual
-    attention), with padded words and frames, a one-frame video and blocks that do not divide."""
+    attention), with padded words and frames, a one-frame video, a video without frames, a text
+    without words and blocks that do not divide."""
     torch = pytest.importorskip("torch")
+    pytest.importorskip("transformers")  # torch_reference imports it
     from benchmarks import torch_reference as ref
     from tvr_jax.similarity import dmae_similarity
 
@@ -138,6 +140,8 @@ def test_torch_peer_dmae_scores_equal_ours():
     word_mask = np.arange(num_words)[None] < rng.integers(1, num_words + 1, n_t)[:, None]
     frame_mask = np.arange(num_frames)[None] < rng.integers(2, num_frames + 1, n_v)[:, None]
     frame_mask[3, 1:] = False  # one valid frame: no neighbour for the visual attention
+    frame_mask[5] = False  # no valid frame
+    word_mask[2] = False  # no valid word
     word_weights = rng.integers(1, 3, (n_t, num_words)).astype(np.float32)
     ours = dmae_similarity(text_cls, words, word_weights, word_mask, frames, frame_mask, block_size=4)
     peer = ref.dmae_similarity(*(torch.from_numpy(x) for x in (text_cls, words, word_weights, word_mask, frames,

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
@@ -59,3 +60,43 @@ def test_gpu_check_runs_end_to_end_on_the_cpu(tmp_path):
     assert set(result["memory"]) == {"no remat", "remat", "remat + scan_layers"}
     assert [t["title"].split(" ")[0] for t in result["tables"]] == ["Train", "Compiled"]
     assert result["meta"]["backend"] == "cpu"
+
+
+def test_eval_step_runs_end_to_end_and_both_sides_agree(tmp_path):
+    """benchmarks/eval_step.py at the tiny config: both workers, the parity check (600 texts: past
+    row 512, several video blocks), the timed rounds and the tables."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    out = tmp_path / "eval_step.json"
+    subprocess.run([sys.executable, "benchmarks/eval_step.py", "--config", "configs/msrvtt_vit_b32.py:tiny",
+                    "--score-n", "600", "--rounds", "1", "--warmup", "0", "--out", str(out)], cwd=ROOT, check=True,
+                   timeout=600)
+    result = json.loads(out.read_text())
+    assert set(result["times"]) == {"encode_videos", "encode_captions", "score"}
+    assert all(len(t) == 1 for sides in result["times"].values() for t in sides.values())
+    assert max(result["parity"][k] for k in ("frames", "t_cls", "words")) < 1e-5
+    assert result["parity"]["S_fraction_over_1e-5"] < 1e-3
+    # The whole-evaluation estimate needs the test set's size; a smoke run leaves it out.
+    assert [t["title"].split(" ")[0] for t in result["tables"]] == ["Evaluation", "Largest"]
+
+
+def test_eval_step_parity_stops_on_a_wrong_block(tmp_path):
+    from benchmarks.eval_step import parity
+
+    rng = np.random.default_rng(0)
+    outputs = {k: rng.normal(size=(4, 3)).astype(np.float32) for k in ("frames", "t_cls", "words")}
+    outputs["word_mask"], outputs["S"] = np.ones((4, 3), bool), rng.normal(size=(1000, 1000)).astype(np.float32)
+    np.savez(tmp_path / "ours.npz", **outputs)
+    near = dict(outputs, S=outputs["S"] + 1e-7)
+    near["S"][0, 0] += 5e-5  # one flipped near-tie: allowed
+    np.savez(tmp_path / "PyTorch.npz", **near)
+    paths = {side: str(tmp_path / f"{side}.npz") for side in ("ours", "PyTorch")}
+    assert parity(paths)["S"] == pytest.approx(5e-5, rel=0.01)
+    wrong = dict(outputs, S=outputs["S"].copy())
+    wrong["S"][512:, :64] += 1e-4  # a block of rows off by a little: too many entries
+    np.savez(tmp_path / "PyTorch.npz", **wrong)
+    with pytest.raises(SystemExit, match="different features or scores"):
+        parity(paths)
+    np.savez(tmp_path / "PyTorch.npz", **dict(outputs, frames=outputs["frames"] + 1e-4))
+    with pytest.raises(SystemExit, match="different features or scores"):
+        parity(paths)
