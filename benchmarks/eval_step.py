@@ -181,7 +181,7 @@ def tables(res: dict, peak: dict, c) -> list[dict]:
                      ["frame features", "sentence tokens", "word tokens", f"S ({n} x {n})",
                       "S entries off by more than 1e-5"],
                      [[f"{p[k]:.1e}" for k in ("frames", "t_cls", "words", "S")]
-                      + [f"{100 * p['S_fraction_over_1e-5']:.3f}%"]]))
+                      + [f"{round(p['S_fraction_over_1e-5'] * n * n)} of {n * n}"]]))
     return out
 
 
