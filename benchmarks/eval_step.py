@@ -139,7 +139,7 @@ def serve_side(side: str, config: str, hf_dir: str, score_n: int) -> None:
 
 FEATURE_TOLERANCE = 1e-5  # the towers agree to about 2e-7 in float32
 # S: float32 differences of the token grid (~1e-7) flip argmaxes at near-ties, and a flipped
-# frame moves that pair's score by up to ~1e-4. A wrong program moves whole rows or blocks.
+# frame moves that one pair's score. A wrong program moves whole rows or blocks.
 SCORE_TOLERANCE, SCORE_FLIPS = 1e-3, 1e-3  # largest difference; fraction of entries off by more than 1e-5
 
 
