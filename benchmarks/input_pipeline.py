@@ -87,7 +87,8 @@ def write_source(root: str, clips: int, seconds: int) -> tuple[str, str]:
 
 def pipeline_rate(dataset_dir: str, batch: int, batches: int, image_size: int = SIZE, num_frames: int = T) -> float:
     pipe = VideoTextInput(dataset_dir, InputConfig(split="train", training=True, global_batch_size=batch, num_frames=num_frames,
-                                                   image_size=image_size, process_index=0, process_count=1))
+                                                   image_size=image_size, frame_sampling="random_segment",
+                                                   process_index=0, process_count=1))
     for _ in range(2):  # warm-up: tf.data threads, autotuning
         next(pipe)
     start = time.perf_counter()
@@ -109,7 +110,7 @@ def decord_clip(args: tuple[str, int, int, int]) -> np.ndarray:
     reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1, width=round(width * scale), height=round(height * scale))
     fps, n = reader.get_avg_fps(), len(reader)
     times = sample_times(n / fps, 1.0)
-    chosen, _ = sample_frame_indices(len(times), T, True, np.random.default_rng(seed))
+    chosen, _ = sample_frame_indices(len(times), T, "random_segment", np.random.default_rng(seed))
     frames = reader.get_batch(np.minimum((times[chosen] * fps).astype(int), n - 1).tolist()).asnumpy()
     h, w = frames.shape[1:3]
     top, left = (h - SIZE) // 2, (w - SIZE) // 2

@@ -22,8 +22,9 @@ Evaluation rows (`eval_rows`): "pairs" (every caption with its video; for one-qu
 sets that is every video once), "videos" (each video once; no text keys) or "captions" (each
 caption once; no video keys) -- MSVD's multi-caption test encodes 670 videos, not 27k pairs.
 
-Sampling: T frame indices are chosen before any JPEG is read (uniform for evaluation, one
-random frame per segment for training, `video.sample_frame_indices`). Crop: a square of the
+Sampling: T frame indices are chosen before any JPEG is read (`video.sample_frame_indices`):
+uniform, in training as in evaluation (the paper's sampling), unless training asks for
+`frame_sampling="random_segment"` (one random frame per segment, an augmentation). Crop: a square of the
 frame's short side, centred (evaluation, and training by default) or, with `random_crop`, of
 80-100 % of it at a random place; then resized to H x W. `random_flip` flips a whole clip
 left-right: it is refused for the synthetic set (east would become west) and is wrong for any
@@ -51,7 +52,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from data_pipeline.video import sample_frame_indices
+from data_pipeline.video import FRAME_SAMPLINGS, sample_frame_indices
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -70,6 +71,7 @@ class InputConfig:
     max_words: int | None = None         # L; None: 32 / 64
     image_size: int = 224                # H = W
     caption_sampling: str = "random"     # training: "random" (one per video per epoch) or "all" (every pair)
+    frame_sampling: str = "uniform"      # training: "uniform" (the paper's) or "random_segment"; evaluation is uniform
     eval_rows: str = "pairs"             # evaluation: "pairs", "videos" or "captions"
     random_crop: bool = False
     random_flip: bool = False
@@ -185,6 +187,8 @@ class VideoTextInput:
     def _check_config(self, c: InputConfig) -> None:
         if c.caption_sampling not in ("random", "all"):
             raise ValueError(f"caption_sampling must be 'random' or 'all', got {c.caption_sampling!r}")
+        if c.frame_sampling not in FRAME_SAMPLINGS:
+            raise ValueError(f"frame_sampling must be one of {FRAME_SAMPLINGS}, got {c.frame_sampling!r}")
         if c.eval_rows not in ("pairs", "videos", "captions"):
             raise ValueError(f"eval_rows must be 'pairs', 'videos' or 'captions', got {c.eval_rows!r}")
         if c.global_batch_size < 1 or c.num_frames < 1 or c.max_words < 2 or c.image_size < 1:
@@ -209,6 +213,7 @@ class VideoTextInput:
             "dataset": self.metadata.get("dataset"), "split": c.split, "training": c.training, "seed": c.seed,
             "global_batch_size": c.global_batch_size, "process_index": self.process_index, "process_count": self.process_count,
             "rows": len(self._units), "caption_sampling": c.caption_sampling if c.training else c.eval_rows,
+            "frame_sampling": c.frame_sampling if c.training else "uniform",
         }, sort_keys=True)
 
     def _epoch_rows(self, epoch: int, start_batch: int = 0) -> tuple[np.ndarray, ...]:
@@ -230,6 +235,7 @@ class VideoTextInput:
         valid = np.zeros(rows, bool)
         frames = np.zeros((rows, c.num_frames), np.int32)
         frame_mask = np.zeros((rows, c.num_frames), bool)
+        sampling = c.frame_sampling if c.training else "uniform"
         crop = np.tile(np.array([0.5, 0.5, 1.0], np.float32), (rows, 1))
         flip = np.zeros(rows, bool)
         for r, position in enumerate(positions):
@@ -239,7 +245,7 @@ class VideoTextInput:
             if k < 0 and self.with_text:  # a random caption of this video, new every epoch
                 k = self.caption_offsets[v] + rng.integers(self.num_captions[v])
             video[r], caption[r] = v, k
-            frames[r], frame_mask[r] = sample_frame_indices(int(self.num_frames[v]), c.num_frames, c.training, rng)
+            frames[r], frame_mask[r] = sample_frame_indices(int(self.num_frames[v]), c.num_frames, sampling, rng)
             if c.training and c.random_crop:
                 crop[r] = rng.uniform(), rng.uniform(), rng.uniform(*RANDOM_CROP_SCALE)
             flip[r] = c.training and c.random_flip and rng.uniform() < 0.5

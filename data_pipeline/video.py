@@ -2,8 +2,9 @@
 
 Offline (`decode_video`): frames at `fps` frames per second (uniformly capped at `max_frames`),
 short side resized to `short_side` (never upsampled), encoded as JPEG.
-Online (`sample_frame_indices`): T indices out of a video's stored frames, uniform for
-evaluation, one random frame per segment for training; short videos are padded, with a mask.
+Online (`sample_frame_indices`): T indices out of a video's stored frames, uniform (the paper's
+sampling, in training as in evaluation) or, as a training augmentation, one random frame per
+segment; short videos are padded, with a mask.
 
 A video that cannot be decoded raises `VideoDecodeError` with a reason code and a fix; it is
 never replaced by zeros (zeros caused NaN losses in peer code, method.md section 6).
@@ -119,15 +120,22 @@ def encode_jpeg(frame: np.ndarray, quality: int = 90) -> bytes:
     return buffer.getvalue()
 
 
-def sample_frame_indices(num_frames: int, num_samples: int, training: bool, rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
+FRAME_SAMPLINGS = ("uniform", "random_segment")
+
+
+def sample_frame_indices(num_frames: int, num_samples: int, mode: str = "uniform",
+                         rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
     """T = `num_samples` indices into a video's `num_frames` stored frames, and their mask.
 
-    Evaluation: uniform (`linspace` over the whole video, rounded). Training: the video is cut
-    into T equal segments and one frame is drawn at random in each (TSN / CLIP4Clip style).
-    A video with fewer than T frames uses every frame once, in order; the remaining positions
-    repeat the last frame and are False in the mask (so a model that ignored the mask would
-    still see real pixels, never zeros).
+    "uniform": `linspace` over the whole video, rounded; what CLIP4Clip and the paper use in
+    training and in testing alike (docs/method.md section 5.1). "random_segment": the video is
+    cut into T equal segments and one frame is drawn at random in each (TSN's sampling), an
+    augmentation that is not the paper's default. A video with fewer than T frames uses every
+    frame once, in order, in both modes; the remaining positions repeat the last frame and are
+    False in the mask (so a model that ignored the mask would still see real pixels, never zeros).
     """
+    if mode not in FRAME_SAMPLINGS:
+        raise ValueError(f"frame sampling must be one of {FRAME_SAMPLINGS}, got {mode!r}")
     if num_frames < 1:
         raise ValueError(f"a video needs at least one frame, got {num_frames}")
     if num_samples < 1:
@@ -139,10 +147,10 @@ def sample_frame_indices(num_frames: int, num_samples: int, training: bool, rng:
         mask[:num_frames] = True
         return indices, mask
     mask[:] = True
-    if not training:
+    if mode == "uniform":
         return np.round(np.linspace(0, num_frames - 1, num_samples)).astype(np.int64), mask
     if rng is None:
-        raise ValueError("training sampling needs an rng")
+        raise ValueError("random_segment sampling needs an rng")
     bounds = np.floor(np.linspace(0, num_frames, num_samples + 1)).astype(np.int64)
     # Every segment holds at least one frame since num_frames > num_samples.
     return rng.integers(bounds[:-1], bounds[1:]).astype(np.int64), mask

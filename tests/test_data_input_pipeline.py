@@ -59,21 +59,34 @@ def test_evaluation_is_uniform_ordered_padded_and_normalised(dataset):
     assert list(pipe) == []  # one pass
 
 
-def test_training_samples_one_frame_per_segment_and_a_random_caption_per_epoch(dataset):
-    pipe = _pipe(dataset, num_frames=3)
+@pytest.mark.parametrize("frame_sampling", ["uniform", "random_segment"])
+def test_training_frames_and_a_random_caption_per_epoch(dataset, frame_sampling):
+    """Training frames are uniform by default (the paper's sampling, as in evaluation) and one
+    random frame per segment with frame_sampling="random_segment"; a random caption per epoch."""
+    pipe = _pipe(dataset, num_frames=3, frame_sampling=frame_sampling)
     assert len(pipe) == 2  # 8 videos / 4 per batch
-    captions_of_video0, segments_ok = set(), True
+    captions_of_video0, frames_ok, draws = set(), True, {}
     for _ in range(12):  # 6 epochs
         batch = next(pipe)
         seconds = level_to_second((batch["video"] * np.array(CLIP_STD) + np.array(CLIP_MEAN)).mean(axis=(2, 3, 4)) * 255)
         for row in range(4):
-            n = TRAIN[f"video{batch['video_index'][row]}"][0]
+            v = int(batch["video_index"][row])
+            n = TRAIN[f"video{v}"][0]
             if n > 3:
-                bounds = np.floor(np.linspace(0, n, 4)).astype(int)
-                segments_ok &= bool(np.all((seconds[row] >= bounds[:-1]) & (seconds[row] < bounds[1:])))
-            if batch["video_index"][row] == 0:
+                if frame_sampling == "uniform":
+                    frames_ok &= bool(np.array_equal(seconds[row], np.round(np.linspace(0, n - 1, 3))))
+                else:
+                    bounds = np.floor(np.linspace(0, n, 4)).astype(int)
+                    frames_ok &= bool(np.all((seconds[row] >= bounds[:-1]) & (seconds[row] < bounds[1:])))
+                draws.setdefault(v, set()).add(tuple(seconds[row]))
+            if v == 0:
                 captions_of_video0.add(int(batch["caption_index"][row]))
-    assert segments_ok
+    assert frames_ok and draws
+    # Uniform is deterministic; random segments differ between epochs for some video.
+    if frame_sampling == "random_segment":
+        assert max(len(d) for d in draws.values()) > 1
+    else:
+        assert all(len(d) == 1 for d in draws.values())
     assert captions_of_video0 <= {0, 1, 2} and len(captions_of_video0) >= 2
 
 

@@ -82,27 +82,29 @@ def test_decode_to_cache_round_trip_and_failure(tmp_path):
     assert not bad["ok"] and bad["reason"] == "missing" and not os.path.exists(tmp_path / "m.npz")
 
 
-def test_eval_indices_are_uniform():
-    indices, mask = video.sample_frame_indices(25, 5, training=False)
+def test_uniform_indices():
+    indices, mask = video.sample_frame_indices(25, 5, "uniform")
     np.testing.assert_array_equal(indices, [0, 6, 12, 18, 24])
     assert mask.all()
 
 
-def test_train_indices_take_one_frame_per_segment():
+def test_random_segment_indices_take_one_frame_per_segment():
     rng = np.random.default_rng(0)
     bounds = np.floor(np.linspace(0, 30, 7)).astype(int)
     seen = set()
     for _ in range(200):
-        indices, mask = video.sample_frame_indices(30, 6, training=True, rng=rng)
+        indices, mask = video.sample_frame_indices(30, 6, "random_segment", rng=rng)
         assert mask.all() and np.all(indices >= bounds[:-1]) and np.all(indices < bounds[1:])
         seen.add(tuple(indices))
     assert len(seen) > 100  # random, not a fixed pattern
 
 
-@pytest.mark.parametrize("training", [False, True])
-def test_short_videos_are_padded_with_the_last_frame_and_masked(training):
-    indices, mask = video.sample_frame_indices(3, 5, training=training, rng=np.random.default_rng(0))
+@pytest.mark.parametrize("mode", video.FRAME_SAMPLINGS)
+def test_short_videos_are_padded_with_the_last_frame_and_masked(mode):
+    indices, mask = video.sample_frame_indices(3, 5, mode, rng=np.random.default_rng(0))
     np.testing.assert_array_equal(indices, [0, 1, 2, 2, 2])
     np.testing.assert_array_equal(mask, [True, True, True, False, False])
     with pytest.raises(ValueError, match="at least one frame"):
-        video.sample_frame_indices(0, 5, training=training, rng=np.random.default_rng(0))
+        video.sample_frame_indices(0, 5, mode, rng=np.random.default_rng(0))
+    with pytest.raises(ValueError, match="frame sampling must be one of"):
+        video.sample_frame_indices(10, 5, "random")
