@@ -1,26 +1,31 @@
 #!/usr/bin/env bash
-# One short run on a lent GPU (under 5 minutes): the ViT-B/32 train step in bfloat16, clips/s and
-# MFU against the GPU's measured bf16 matmul peak, our step against the PyTorch peer, and compiled
-# memory with and without remat. Needs jax with CUDA, flax, optax, orbax, torch and transformers;
-# ml_collections is installed from .whl/ when that folder is there (a machine with no registry).
+# A short check of your GPU (under 5 minutes): the ViT-B/32 train step in bfloat16, clips/s and
+# MFU against the GPU's measured bf16 matmul peak, our step against the PyTorch peer, and
+# compiled memory with and without remat. Needs jax with CUDA, flax, optax, orbax,
+# ml_collections, torch and transformers (`pip install -e '.[test]'` plus jax's CUDA build).
 #
-#   bash benchmarks/gpu_check.sh [--batch 128] [--steps 10]
-# Results: benchmarks/results/gpu_check.json, or $OUT/gpu_check.json when OUT is set.
+#   bash benchmarks/gpu_check.sh [--out-dir DIR] [--batch 128] [--steps 10]
+# Results: DIR/gpu_check.json. DIR: --out-dir, else $TVR_RESULTS_DIR, else benchmarks/results
+# (where `python benchmarks/report.py` reads them for BENCHMARKS.md).
 set -euo pipefail
-cd "$(dirname "$0")/.."
-if [ -d .whl ] && ! python3 -c "import ml_collections" 2>/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/tvr_site .whl/*.whl
-  export PYTHONPATH="/tmp/tvr_site:${PYTHONPATH:-}"
+out_dir="${TVR_RESULTS_DIR:-}"
+if [ "${1:-}" = "--out-dir" ]; then
+  out_dir="${2:?--out-dir needs a directory}"
+  shift 2
 fi
+if [ -n "$out_dir" ]; then  # resolved before changing directory, so a relative DIR means the caller's
+  mkdir -p "$out_dir"
+  out_dir="$(cd "$out_dir" && pwd)"
+fi
+cd "$(dirname "$0")/.."
+out_dir="${out_dir:-benchmarks/results}"
 missing=$(python3 -c 'import importlib.util as u; print(" ".join(n for n in ("jax", "flax", "optax", "ml_collections", "torch", "transformers") if u.find_spec(n) is None))')
 if [ -n "$missing" ]; then
-  echo "gpu_check: missing Python packages: $missing. pip install them; on a machine without a registry, download" \
-       "their wheels here first (pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl $missing)" \
-       "and carry .whl/ along" >&2
+  echo "gpu_check: missing Python packages: $missing. Install them: pip install -e '.[test]', and jax's" \
+       "CUDA build (JAX's installation guide, e.g. pip install -U 'jax[cuda12]')" >&2
   exit 2
 fi
 # No preallocation: the PyTorch peer shares the GPU in the same process.
 export PYTHONPATH="$PWD:${PYTHONPATH:-}" PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv,noheader || true
-out="${OUT:-benchmarks/results}/gpu_check.json"
-timeout 290 python3 benchmarks/gpu_check.py --out "$out" "$@"
+timeout 290 python3 benchmarks/gpu_check.py --out "$out_dir/gpu_check.json" "$@"

@@ -42,13 +42,13 @@ SECTIONS = [
     ("train_step.json", "Train step: ours against a PyTorch peer", "train_step.md"),
     ("train_memory.json", "Train-step memory per clip, with and without remat", "train_memory.md"),
     ("train_memory_h200.json", "Train-step memory on an H200, before the remat fix", "train_memory_h200.md",
-     "OUT=/tmp python benchmarks/train_memory.py --out /tmp/train_memory_h200.json  # on the GPU machine"),
+     "python benchmarks/train_memory.py --out benchmarks/results/train_memory_h200.json  # on an H200"),
     ("xla_cpu_options.json", "XLA options on this CPU", "xla_cpu_options.md"),
     ("synthetic_confusions.json", "Demo: the tiny model on the synthetic set, and where its errors are",
      "synthetic_confusions.md", "tvr-jax demo --workdir /tmp/demo1 && python benchmarks/synthetic_confusions.py /tmp/demo1"),
     ("eval_step.json", "Evaluation: ours against a PyTorch peer", "eval_step.md"),
     ("eval.json", "Evaluation: whole-test-set scoring and search", "eval.md"),
-    ("gpu_check.json", "GPU check", "gpu_check.md"),
+    ("gpu_check.json", "GPU check", "gpu_check.md", "bash benchmarks/gpu_check.sh"),
 ]
 
 HEADER = """# Benchmarks

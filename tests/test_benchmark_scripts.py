@@ -1,4 +1,5 @@
-"""The benchmark harness and the GPU check run end to end here, so they work when a machine is lent."""
+"""The benchmark harness and the GPU check run end to end on the CPU, so that a run on a GPU does
+not stop at a script error."""
 
 import json
 import os
@@ -60,6 +61,33 @@ def test_gpu_check_runs_end_to_end_on_the_cpu(tmp_path):
     assert set(result["memory"]) == {"no remat", "remat", "remat + scan_layers"}
     assert [t["title"].split(" ")[0] for t in result["tables"]] == ["Train", "Compiled"]
     assert result["meta"]["backend"] == "cpu"
+
+
+def _run_gpu_check_sh(tmp_path, *args, env=None):
+    """benchmarks/gpu_check.sh with a stand-in `python3` that records how gpu_check.py was called."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    fake = bin_dir / "python3"
+    fake.write_text('#!/bin/sh\nif [ "$1" = "-c" ]; then echo; else echo "$@" > "$ARGS_FILE"; fi\n')
+    fake.chmod(0o755)
+    args_file = tmp_path / "args.txt"
+    run_env = {k: v for k, v in os.environ.items() if k != "TVR_RESULTS_DIR"}
+    run_env.update(env or {}, PATH=f"{bin_dir}:{os.environ['PATH']}", ARGS_FILE=str(args_file))
+    subprocess.run(["bash", os.path.join(ROOT, "benchmarks", "gpu_check.sh"), *args], cwd=tmp_path, env=run_env,
+                   check=True, timeout=60, capture_output=True)
+    return args_file.read_text().split()
+
+
+def test_gpu_check_sh_writes_where_it_is_told(tmp_path):
+    """Default benchmarks/results; --out-dir (relative to the caller) or TVR_RESULTS_DIR otherwise; other
+    arguments pass through to gpu_check.py."""
+    args = _run_gpu_check_sh(tmp_path, "--batch", "8")
+    assert args == ["benchmarks/gpu_check.py", "--out", "benchmarks/results/gpu_check.json", "--batch", "8"]
+    here = tmp_path.resolve()
+    args = _run_gpu_check_sh(tmp_path, "--out-dir", "mine", "--steps", "2")
+    assert args[1:] == ["--out", str(here / "mine" / "gpu_check.json"), "--steps", "2"]
+    args = _run_gpu_check_sh(tmp_path, env={"TVR_RESULTS_DIR": str(here / "env")})
+    assert args[1:] == ["--out", str(here / "env" / "gpu_check.json")]
 
 
 def test_eval_step_runs_end_to_end_and_both_sides_agree(tmp_path):
