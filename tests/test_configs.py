@@ -85,20 +85,38 @@ def test_override_errors():
 def test_ablation_variants_apply_and_validate():
     from tvr_jax import ablation
     from tvr_jax.config_io import apply_override
+    from tvr_jax.similarity import OUR_INTERACTIONS
 
-    assert list(ablation.VARIANTS)[0].startswith("baseline") and len(ablation.VARIANTS) == 8
+    assert list(ablation.VARIANTS)[0].startswith("baseline") and len(ablation.VARIANTS) == 11
+    assert set(ablation.LABELS) == set(ablation.VARIANTS)
+    assert len({ablation.slug(name) for name in ablation.VARIANTS}) == len(ablation.VARIANTS)  # run dirs
+    applied = {}
     for name, overrides in ablation.VARIANTS.items():
         cfg = load_config(os.path.join(ROOT, "configs", "synthetic.py"))
+        cfg.loss.visual_mask_straight_through = True  # rows must not inherit it from the config
         for item in overrides:
             apply_override(cfg, item)
         train.validate_config(cfg)
         assert (cfg.loss.lambda_tpm > 0) == cfg.model.tpm == ("TPM" in name), name
+        applied[name] = cfg
+    # The paper's rows are the release's; only the rows labelled ours depart from it.
+    for name, cfg in applied.items():
+        ours = "(ours" in ablation.LABELS[name]
+        assert ours == (cfg.loss.visual_mask_straight_through or cfg.model.interaction in OUR_INTERACTIONS), name
+    full = applied["+ TPM-CL type 4"]
+    for name in ("+ TPM-CL type 4, att_wti (release)", "+ TPM-CL type 4, att_wti_norm (ours)",
+                 "+ TPM-CL type 4, straight-through (ours)"):  # the full method with one change
+        changed = {f"{group}.{k}" for group in ("model", "loss")
+                   for k in full[group] if full[group][k] != applied[name][group][k]}
+        assert len(changed) == 1, (name, changed)
 
 
 def test_ablation_table_mean_and_std():
     from tvr_jax.ablation import ablation_table
 
     metrics = lambda r1: {d: {"R@1": r1, "R@5": 50.0, "R@10": 60.0, "MdR": 3.0, "MnR": 4.0} for d in ("t2v", "v2t")}
-    table = ablation_table({"baseline": {0: metrics(10.0), 1: metrics(20.0)}, "+ x": {0: metrics(30.0)}})
+    table = ablation_table({"baseline": {0: metrics(10.0), 1: metrics(20.0)}, "+ x": {0: metrics(30.0)},
+                            "+ NegNCE": {0: metrics(40.0)}})
     assert "| baseline | 2 | 15.0 ± 7.1 | 50.0 ± 0.0 |" in table
     assert "| + x | 1 | 30.0 | 50.0 |" in table
+    assert "| + NegNCE (hard negatives, lambda_neg = 0.5) | 1 | 40.0 |" in table  # rows show their label

@@ -162,13 +162,15 @@ def test_total_loss_is_dmae_plus_tpm():
     assert "tpm" not in parts0
 
 
-@pytest.mark.parametrize("kw", [dict(), dict(temporal="meanP", patch_tokens=2, interaction="wti")])
+@pytest.mark.parametrize("kw", [dict(), dict(temporal="meanP", patch_tokens=2, interaction="att_wti")])
 def test_gradients_reach_every_module(kw):
-    """TPM-CL trains both weight predictors; every new module gets a gradient."""
+    """TPM-CL trains both weight predictors (the visual one through our straight-through masking;
+    the release's default gives it none); every new module gets a gradient."""
     batch = _batch()
     cfg = _cfg(**kw)
     model, params = _init(cfg, batch)
-    grads = jax.grad(lambda p: _loss_fn(model, cfg, LossConfig(), batch)(p)[0])(params)
+    lcfg = LossConfig(visual_mask_straight_through=True)
+    grads = jax.grad(lambda p: _loss_fn(model, cfg, lcfg, batch)(p)[0])(params)
     for name, g in grads.items():
         total = sum(float(jnp.abs(x).sum()) for x in jax.tree.leaves(g))
         assert np.isfinite(total) and total > 0, name

@@ -53,15 +53,32 @@ DIFF_KEYS = ("text_cls", "words", "frames", "word_logits", "frame_logits")
 
 
 # ----------------------------------------------------------------------------- reference
+# Which token sets each interaction scores and how it weights them (docs/method.md section 2.3),
+# written out independently of the implementation's dispatch.
+SENTENCE_SETS = {"ti", "wti", "att_ti", "att_wti", "att_wti_norm"}  # S({t_cls}, F) enters
+WORD_SETS = {"att_ti", "att_wti", "att_wti_norm", "words_ti", "words_wti_norm"}  # S(W, F) enters
+WORD_WEIGHTING = {"att_ti": "mean", "words_ti": "mean", "att_wti": "release",
+                  "words_wti_norm": "renormalised", "att_wti_norm": "renormalised"}
+FRAME_SOFTMAX = {"wti", "att_wti", "words_wti_norm", "att_wti_norm"}  # beta = softmax(g_v)
+
+
 def ref_token_weights(xp, values, masks_np, interaction, textual_attention, a):
     """alpha_a (L,) for the words of text a (method.md 2.2 / 2.3)."""
     mask = masks_np["word_mask"][a]
     omega = [(values["word_weights"][a][t] if textual_attention else 1.0) if mask[t] else 0.0
              for t in range(len(mask))]
-    if interaction in ("wti", "att_wti"):
-        valid = [t for t in range(len(mask)) if mask[t]]
-        z = sum(xp.exp(values["word_logits"][a][t]) for t in valid)
-        omega = [omega[t] * xp.exp(values["word_logits"][a][t]) / z if mask[t] else 0.0
+    kind = WORD_WEIGHTING[interaction]
+    if kind == "release":
+        # alpha_t = omega_t * exp(g_t) / sum_{u: omega_u > 0} exp(g_u): a softmax over the words
+        # with nonzero omega, then omega, and no renormalisation (sum(alpha) in [1, 2]).
+        support = [t for t in range(len(mask)) if mask[t] and float(masks_np["omega"][a][t]) > 0]
+        if not support:
+            return [0.0] * len(mask)
+        z = sum(xp.exp(values["word_logits"][a][t]) for t in support)
+        return [omega[t] * xp.exp(values["word_logits"][a][t]) / z if t in support else 0.0
+                for t in range(len(mask))]
+    if kind == "renormalised":
+        omega = [omega[t] * xp.exp(values["word_logits"][a][t]) if mask[t] else 0.0
                  for t in range(len(mask))]
     if not any(mask):
         return omega
@@ -74,7 +91,7 @@ def ref_frame_weights(xp, values, masks_np, interaction, b):
     valid = [v for v in range(len(mask)) if mask[v]]
     if not valid:
         return [0.0] * len(mask)
-    if interaction in ("wti", "att_wti"):
+    if interaction in FRAME_SOFTMAX:
         z = sum(xp.exp(values["frame_logits"][b][v]) for v in valid)
         return [xp.exp(values["frame_logits"][b][v]) / z if mask[v] else 0.0
                 for v in range(len(mask))]
@@ -115,22 +132,25 @@ def ref_set_similarity(xp, x, x_np, x_valid, alpha, f, f_np, f_valid, beta, va, 
 def ref_dmae(xp, values, inputs_np, interaction, va, ta, gamma=0.5):
     """S (B_t, B_v) with loops over pairs; decisions on inputs_np (float64)."""
     np64 = {k: np.asarray(v, np.float64) if v.dtype != bool else v for k, v in inputs_np.items()}
+    np64["omega"] = np.where(np64["word_mask"], np64["word_weights"] if ta else 1.0, 0.0)
     b_t, b_v = len(np64["word_mask"]), len(np64["frame_mask"])
     betas = [ref_frame_weights(xp, values, np64, interaction, b) for b in range(b_v)]
     rows = []
     for a in range(b_t):
-        alpha = ref_token_weights(xp, values, np64, interaction, ta, a)
+        if interaction in WORD_SETS:
+            alpha = ref_token_weights(xp, values, np64, interaction, ta, a)
         row = []
         for b in range(b_v):
-            beta = betas[b]
+            beta = betas[b]  # the sentence and the words share the frame weights
             args = (values["frames"][b], np64["frames"][b], np64["frame_mask"][b], beta, va, gamma)
-            sim = ref_set_similarity(xp, values["words"][a], np64["words"][a],
-                                     np64["word_mask"][a], alpha, *args)
-            if interaction.startswith("att_"):
-                cls = ref_set_similarity(xp, values["text_cls"][a][None], np64["text_cls"][a][None],
-                                         [True], [1.0], *args)
-                sim = 0.5 * (cls + sim)
-            row.append(sim)
+            sims = []
+            if interaction in SENTENCE_SETS:  # one token, alpha = 1
+                sims.append(ref_set_similarity(xp, values["text_cls"][a][None], np64["text_cls"][a][None],
+                                               [True], [1.0], *args))
+            if interaction in WORD_SETS:
+                sims.append(ref_set_similarity(xp, values["words"][a], np64["words"][a],
+                                               np64["word_mask"][a], alpha, *args))
+            row.append(sims[0] if len(sims) == 1 else 0.5 * (sims[0] + sims[1]))
         rows.append(row)
     return rows
 
@@ -166,8 +186,23 @@ def fast_compile():
                                                                       (True, False),
                                                                       (True, False))))
 def test_matches_reference_forward_and_gradient(interaction, va, ta, fast_compile):
+    _check_against_reference(make_inputs(), interaction, va, ta)
+
+
+def test_release_att_wti_softmax_skips_words_with_zero_weight(fast_compile):
+    """The release takes the word softmax over omega > 0 (its masked_fill on the textual weight
+    mask), so a valid word with omega = 0 changes the other words' alpha."""
     inputs = make_inputs()
-    probe = np.random.default_rng(1).normal(size=(B_T, B_V)).astype(np.float32)
+    inputs["word_weights"][0, 1] = 0.0
+    _check_against_reference(inputs, "att_wti", True, True)
+    with_zero = np.asarray(_call(inputs, "att_wti", True, True, 64))
+    inputs["word_logits"][0, 1] += 3.0  # the zero-weight word's logit must not matter
+    np.testing.assert_array_equal(np.asarray(_call(inputs, "att_wti", True, True, 64)), with_zero)
+
+
+def _check_against_reference(inputs, interaction, va, ta):
+    b_t, b_v = len(inputs["word_mask"]), len(inputs["frame_mask"])
+    probe = np.random.default_rng(1).normal(size=(b_t, b_v)).astype(np.float32)
     # block_size 2 does not divide B_v = 5: exercises the padded, blocked path.
     s, grads = _value_and_grad(inputs, probe, interaction=interaction, va=va, ta=ta, block_size=2)
 
@@ -178,7 +213,7 @@ def test_matches_reference_forward_and_gradient(interaction, va, ta, fast_compil
 
     def ref_objective(diff):
         rows = ref_dmae(jnp, {**inputs, **diff}, inputs, interaction, va, ta)
-        return sum(rows[a][b] * probe[a, b] for a in range(B_T) for b in range(B_V))
+        return sum(rows[a][b] * probe[a, b] for a in range(b_t) for b in range(b_v))
 
     with jax.enable_x64(True):
         ref_grads = jax.grad(ref_objective)({k: jnp.asarray(inputs[k], jnp.float64)
@@ -308,7 +343,7 @@ def test_loss_and_gradients_past_512_texts_equal_a_compile_without_ynn_reduce_fu
         np.testing.assert_allclose(v, reference[k], atol=1e-5 * scale, rtol=0, err_msg=k)
 
 
-@pytest.mark.parametrize("interaction", ["ti", "att_wti"])
+@pytest.mark.parametrize("interaction", ["ti", "words_ti", "att_wti", "words_wti_norm"])
 def test_empty_text_and_video_rows_are_finite(interaction, fast_compile):
     inputs = make_inputs()
     inputs["word_mask"][2] = False   # a text without words
@@ -319,9 +354,35 @@ def test_empty_text_and_video_rows_are_finite(interaction, fast_compile):
     assert np.all(np.isfinite(np.asarray(s)))
     for k in DIFF_KEYS:
         assert np.all(np.isfinite(np.asarray(grads[k]))), k
-    if interaction == "ti":
-        np.testing.assert_array_equal(np.asarray(s)[:, 4], 0.0)
+    np.testing.assert_array_equal(np.asarray(s)[:, 4], 0.0)
+    if interaction.startswith("words_"):  # only the words enter
         np.testing.assert_array_equal(np.asarray(s)[2, :], 0.0)
+
+
+def test_sentence_only_interactions_ignore_the_words(fast_compile):
+    """The release's 'ti' and 'wti' score t_cls against the frames: words, their weights and
+    their logits do not enter (the word logits may be absent)."""
+    x = make_inputs()
+    other = make_inputs(seed=9)
+    for interaction in ("ti", "wti"):
+        s = dmae_similarity(x["text_cls"], x["words"], x["word_weights"], x["word_mask"], x["frames"],
+                            x["frame_mask"], interaction=interaction, frame_logits=x["frame_logits"])
+        s_other_words = dmae_similarity(
+            x["text_cls"], other["words"], other["word_weights"], other["word_mask"], x["frames"],
+            x["frame_mask"], interaction=interaction, word_logits=other["word_logits"],
+            frame_logits=x["frame_logits"])
+        np.testing.assert_array_equal(np.asarray(s), np.asarray(s_other_words))
+
+
+def test_release_and_renormalised_wti_agree_exactly_when_the_weights_sum_to_one(fast_compile):
+    """Without textual attention omega = m, so omega * softmax already sums to 1: 'att_wti' (the
+    release) and 'att_wti_norm' (ours) coincide; with omega in {1, 2} they differ."""
+    x = make_inputs()
+    call = jax.jit(_call, static_argnums=(1, 2, 3, 4))
+    np.testing.assert_allclose(np.asarray(call(x, "att_wti", True, False, 64)),
+                               np.asarray(call(x, "att_wti_norm", True, False, 64)), rtol=1e-6, atol=1e-7)
+    assert np.max(np.abs(np.asarray(call(x, "att_wti", True, True, 64))
+                         - np.asarray(call(x, "att_wti_norm", True, True, 64)))) > 1e-3
 
 
 def test_argument_validation():
@@ -330,8 +391,13 @@ def test_argument_validation():
                            "frame_mask")]
     with pytest.raises(ValueError, match="interaction must be one of"):
         dmae_similarity(*args, interaction="cosine")
-    with pytest.raises(ValueError, match="word_logits"):
+    for interaction in ("att_wti", "words_wti_norm", "att_wti_norm"):
+        with pytest.raises(ValueError, match="word_logits"):
+            dmae_similarity(*args, interaction=interaction, frame_logits=x["frame_logits"])
+    with pytest.raises(ValueError, match="frame_logits"):
         dmae_similarity(*args, interaction="wti")
+    with pytest.raises(ValueError, match="frame_logits"):
+        dmae_similarity(*args, interaction="words_wti_norm", word_logits=x["word_logits"])
     with pytest.raises(ValueError, match="frame_mask"):
         dmae_similarity(*args[:5], x["frame_mask"][:, :2])
     with pytest.raises(ValueError, match="frames"):

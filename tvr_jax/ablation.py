@@ -1,9 +1,11 @@
 """The paper's ablation: one switch per component, each variant trained and evaluated alike.
 
 Variants add the method's components one at a time to the CLIP4Clip baseline (method.md
-sections 2-4); every one is a list of config overrides, so a row of the table is reproducible
-with `tvr-jax train --config ... --config.FIELD=VALUE ...`. Runs are resumable: a finished run
-(its eval/metrics.json exists) is read back, an unfinished one resumes from its checkpoint.
+sections 2-4), then change one thing each of the full method: the release's weighted interaction,
+ours, and our straight-through visual masking. Every one is a list of config overrides, so a row
+of the table is reproducible with `tvr-jax train --config ... --config.FIELD=VALUE ...`. Runs are
+resumable: a finished run (its eval/metrics.json exists) is read back, an unfinished one resumes
+from its checkpoint.
 """
 
 from __future__ import annotations
@@ -15,11 +17,13 @@ from typing import Sequence
 
 from tvr_jax.config_io import apply_override
 
-# name -> overrides, cumulative as in the paper's ablation table.
+# name -> overrides, cumulative as in the paper's ablation table. Every row pins the switches it
+# relies on, so the table does not depend on the config's defaults. Names are short (CLI
+# `--variants`, run directories); LABELS says what each row computes (docs/method.md 2-4).
 _BASELINE = ["model.interaction='cosine'", "model.tpm=False", "loss.lambda_neg=0.0", "loss.lambda_tpm=0.0",
-             "loss.visual_attention=False", "loss.textual_attention=False"]
-_TOKENWISE = ["model.interaction='att_ti'", "model.tpm=False", "loss.lambda_neg=0.0", "loss.lambda_tpm=0.0",
-              "loss.visual_attention=False", "loss.textual_attention=False"]
+             "loss.visual_attention=False", "loss.textual_attention=False",
+             "loss.visual_mask_straight_through=False"]
+_TOKENWISE = ["model.interaction='att_ti'"] + _BASELINE[1:]
 VARIANTS: dict[str, list[str]] = {
     "baseline (cosine, InfoNCE)": _BASELINE,
     "+ token-wise interaction": _TOKENWISE,
@@ -30,6 +34,32 @@ VARIANTS: dict[str, list[str]] = {
 for _type in (2, 3, 4):
     VARIANTS[f"+ TPM-CL type {_type}"] = VARIANTS["+ NegNCE"] + ["model.tpm=True", "loss.lambda_tpm=1.0",
                                                                 f"loss.partial_type={_type}"]
+_FULL = VARIANTS["+ TPM-CL type 4"]
+# Beside the cumulative rows: the full method with one change each.
+VARIANTS["+ TPM-CL type 4, att_wti (release)"] = _FULL + ["model.interaction='att_wti'"]
+VARIANTS["+ TPM-CL type 4, att_wti_norm (ours)"] = _FULL + ["model.interaction='att_wti_norm'"]
+VARIANTS["+ TPM-CL type 4, straight-through (ours)"] = (
+    [o for o in _FULL if not o.startswith("loss.visual_mask_straight_through=")]
+    + ["loss.visual_mask_straight_through=True"])
+
+# S(X, F): set similarity of docs/method.md 2.3; alpha: text token weights; beta: frame weights;
+# omega: textual-attention word weights (2.2); g_t, g_v: the wti heads' logits.
+LABELS: dict[str, str] = {
+    "baseline (cosine, InfoNCE)": "baseline: cos(t_cls, mean of F), symmetric InfoNCE",
+    "+ token-wise interaction": "+ token-wise (att_ti: 1/2[S(t_cls, F) + S(W, F)], uniform alpha and beta)",
+    "+ textual attention": "+ textual attention (alpha_W = omega / sum omega)",
+    "+ visual attention (DMAE)": "+ visual attention (t2v += gamma C(v*, v**) s(t, v**)) = DMAE",
+    "+ NegNCE": "+ NegNCE (hard negatives, lambda_neg = 0.5)",
+    "+ TPM-CL type 2": "+ TPM-CL type 2 (L1 + L2: t_cls and t_g against masked video V')",
+    "+ TPM-CL type 3": "+ TPM-CL type 3 (L3: masked text t^p_g against t_g)",
+    "+ TPM-CL type 4": "+ TPM-CL type 4 (L1 + L2 + L3) = full method",
+    "+ TPM-CL type 4, att_wti (release)":
+        "full, att_wti as released: alpha_W = omega softmax(g_t) (not renormalised), beta = softmax(g_v)",
+    "+ TPM-CL type 4, att_wti_norm (ours)":
+        "full, att_wti_norm (ours, not the paper's): att_wti with alpha_W renormalised to sum 1",
+    "+ TPM-CL type 4, straight-through (ours)":
+        "full + straight-through gradient to the visual weight predictor (ours, not the paper's)",
+}
 COLUMNS = ("R@1", "R@5", "R@10", "MdR", "MnR")
 
 
@@ -59,7 +89,8 @@ def run_ablation(cfg, workdir: str, variants: Sequence[str], seeds: Sequence[int
                 results.setdefault(name, {})[seed] = json.load(f)
     table = ablation_table(results)
     for filename, text in (("ablation.md", table), ("ablation.json", json.dumps(
-            {"variants": {n: VARIANTS[n] for n in results}, "seeds": list(seeds), "results": results}, indent=2))):
+            {"variants": {n: VARIANTS[n] for n in results}, "labels": {n: LABELS.get(n, n) for n in results},
+             "seeds": list(seeds), "results": results}, indent=2))):
         tmp = os.path.join(workdir, filename + ".tmp")
         with open(tmp, "w") as f:
             f.write(text)
@@ -68,7 +99,7 @@ def run_ablation(cfg, workdir: str, variants: Sequence[str], seeds: Sequence[int
 
 
 def ablation_table(results: dict[str, dict[int, dict]]) -> str:
-    """One row per variant, the paper's layout; mean +- standard deviation over seeds."""
+    """One row per variant (its LABELS entry), the paper's layout; mean +- standard deviation over seeds."""
     def cell(reports: list[dict], direction: str, column: str) -> str:
         values = [r[direction][column] for r in reports]
         if len(values) == 1:
@@ -80,5 +111,6 @@ def ablation_table(results: dict[str, dict[int, dict]]) -> str:
     for name, by_seed in results.items():
         reports = list(by_seed.values())
         cells = [cell(reports, d, c) for d in ("t2v", "v2t") for c in COLUMNS]
-        rows.append(f"| {name} | {len(reports)} | " + " | ".join(cells) + " |")
+        label = LABELS.get(name, name).replace("*", r"\*")  # v*, v** are not emphasis
+        rows.append(f"| {label} | {len(reports)} | " + " | ".join(cells) + " |")
     return "\n".join(rows) + "\n"

@@ -22,9 +22,19 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-INTERACTIONS = ("ti", "wti", "att_ti", "att_wti")
-"""Allowed ``interaction`` values (method.md 2.3). ``att_*`` averages the sentence->frames and
-words->frames similarities; ``*wti`` uses learned token weights (DRL)."""
+RELEASE_INTERACTIONS = ("ti", "wti", "att_ti", "att_wti")
+"""The release's interactions, with its semantics (docs/method.md section 2.3): 'ti' and 'wti'
+score the sentence token against the frames only; words enter through ``att_*`` alone, and the
+'wti' word weights omega * softmax are not renormalised."""
+OUR_INTERACTIONS = ("words_ti", "words_wti_norm", "att_wti_norm")
+"""Ours: DRL's token-wise interaction on the words ('words_*'), and 'wti' word weights
+renormalised to sum 1 ('*_norm') so both branches of S stay weighted means."""
+INTERACTIONS = RELEASE_INTERACTIONS + OUR_INTERACTIONS
+"""Allowed ``interaction`` values of :func:`dmae_similarity`."""
+WEIGHTED_INTERACTIONS = ("wti", "att_wti", "words_wti_norm", "att_wti_norm")
+"""Interactions with learned token weights: they need :class:`WTIHeads`."""
+WORD_LOGIT_INTERACTIONS = ("att_wti", "words_wti_norm", "att_wti_norm")
+"""Weighted interactions that score the words, so need word logits ('wti' weights frames only)."""
 ALL_INTERACTIONS = INTERACTIONS + ("cosine",)
 """Plus the CLIP4Clip baseline: cosine of the sentence token and the mean-pooled frames."""
 
@@ -110,16 +120,26 @@ def dmae_similarity(text_cls, words, word_weights, word_mask, frames, frame_mask
     """DMAE similarity S (B_t, B_v) of method.md section 2 (eqs. 2.1-2.3).
 
     Args (all features L2-normalised by the caller):
-      text_cls (B_t, D): sentence tokens (used by ``att_*`` interactions only).
+      text_cls (B_t, D): sentence tokens t_cls.
       words (B_t, L, D), word_mask bool (B_t, L), word_weights (B_t, L): omega/m of 2.2, values
         in {0, 1, 2}; omega = m * word_weights, or omega = m when ``textual_attention=False``.
       frames (B_v, T, D), frame_mask bool (B_v, T).
-      interaction: one of :data:`INTERACTIONS`. 'ti' = S(words, F); 'wti' = DRL weighting,
-        alpha ~ omega * softmax_t(word_logits) renormalised over valid words and
-        beta = softmax_v(frame_logits) over valid frames; 'att_ti' = 1/2[S({t_cls}, F) +
-        S(words, F)]; 'att_wti' the same with 'wti' weights (the sentence token has alpha = 1).
+      interaction: one of :data:`INTERACTIONS` (docs/method.md section 2.3). With S(X, F) the
+        set similarity of 2.3, alpha the text token weights, beta the frame weights,
+        u = uniform over valid frames, g_t/g_v = word_logits/frame_logits:
+          'ti'             S({t_cls}, F), alpha = 1, beta = u                       (release)
+          'wti'            S({t_cls}, F), alpha = 1, beta = softmax_v(g_v)           (release)
+          'att_ti'         1/2[S({t_cls}, F) + S(W, F)], alpha_W = omega / sum omega, beta = u
+          'att_wti'        as 'att_ti' with alpha_W = omega * softmax_{omega>0}(g_t) (sum in
+                           [1, 2], not renormalised), beta = softmax_v(g_v)         (release)
+          'words_ti'       S(W, F), alpha = omega / sum omega, beta = u (DRL's TI)
+          'words_wti_norm' S(W, F), alpha = omega * exp(g_t) / sum(omega * exp(g_t)),
+                           beta = softmax_v(g_v)
+          'att_wti_norm'   1/2[S({t_cls}, F) + S(W, F)] with the weights of 'words_wti_norm'
+        The sentence token always has alpha = 1; the words and the sentence share beta.
       visual_attention: add gamma * C(v*, v**) * s(t, v**) to the text->video branch (2.1).
-      word_logits (B_t, L), frame_logits (B_v, T): from :class:`WTIHeads`, required by *wti.
+      word_logits (B_t, L): required by :data:`WORD_LOGIT_INTERACTIONS`; frame_logits (B_v, T):
+        required by :data:`WEIGHTED_INTERACTIONS`; both from :class:`WTIHeads`.
       block_size: videos per block; B_v is padded to a multiple with masked videos.
 
     A video without valid frames or a text without valid words gives finite scores and
@@ -143,12 +163,16 @@ def dmae_similarity(text_cls, words, word_weights, word_mask, frames, frame_mask
     _check_shape("word_mask", word_mask, (num_texts, num_words), "(B_t, L)")
     _check_shape("frames", frames, (num_videos, num_frames, dim), "(B_v, T, D) with D of text_cls")
     _check_shape("frame_mask", frame_mask, (num_videos, num_frames), "(B_v, T)")
-    weighted = interaction in ("wti", "att_wti")
+    weighted = interaction in WEIGHTED_INTERACTIONS
+    use_sentence = not interaction.startswith("words_")
+    use_words = interaction not in ("ti", "wti")
     if weighted:
-        if word_logits is None or frame_logits is None:
-            raise ValueError(f"interaction={interaction!r} needs word_logits (B_t, L) and "
-                             "frame_logits (B_v, T) (see WTIHeads); got None")
-        _check_shape("word_logits", word_logits, (num_texts, num_words), "(B_t, L)")
+        if frame_logits is None or (use_words and word_logits is None):
+            raise ValueError(f"interaction={interaction!r} needs "
+                             + ("word_logits (B_t, L) and " if use_words else "")
+                             + "frame_logits (B_v, T) (see WTIHeads); got None")
+        if use_words:
+            _check_shape("word_logits", word_logits, (num_texts, num_words), "(B_t, L)")
         _check_shape("frame_logits", frame_logits, (num_videos, num_frames), "(B_v, T)")
 
     word_mask = jnp.asarray(word_mask).astype(bool)
@@ -157,13 +181,19 @@ def dmae_similarity(text_cls, words, word_weights, word_mask, frames, frame_mask
         omega = jnp.where(word_mask, jnp.asarray(word_weights, jnp.float32), 0.0)
     else:
         omega = word_mask.astype(jnp.float32)
-    if weighted:
+    if not use_words:
+        alpha = jnp.zeros_like(omega)  # unused: the words never enter
+    elif interaction == "att_wti":
+        # The release: softmax over the words with omega > 0, then times omega, no renormalisation.
+        alpha = omega * _normalise_weights(_masked_exp(word_logits, word_mask & (omega > 0)))
+    elif weighted:
         alpha = _normalise_weights(omega * _masked_exp(word_logits, word_mask))
-        beta = _normalise_weights(_masked_exp(frame_logits, frame_mask))
     else:
         alpha = _normalise_weights(omega)
+    if weighted:
+        beta = _normalise_weights(_masked_exp(frame_logits, frame_mask))
+    else:
         beta = _normalise_weights(frame_mask.astype(jnp.float32))
-    use_sentence = interaction.startswith("att_")
     cls_set = text_cls[:, None, :]
     cls_mask = jnp.ones((num_texts, 1), bool)
     cls_alpha = jnp.ones((num_texts, 1), jnp.float32)
@@ -171,10 +201,12 @@ def dmae_similarity(text_cls, words, word_weights, word_mask, frames, frame_mask
     def block_similarity(block):
         f, f_mask, f_beta = block
         kw = dict(visual_attention=visual_attention, gamma=gamma)
-        s = _set_similarity(words, word_mask, alpha, f, f_mask, f_beta, **kw)
+        sims = []
         if use_sentence:
-            s = 0.5 * (_set_similarity(cls_set, cls_mask, cls_alpha, f, f_mask, f_beta, **kw) + s)
-        return s  # (B_t, block)
+            sims.append(_set_similarity(cls_set, cls_mask, cls_alpha, f, f_mask, f_beta, **kw))
+        if use_words:
+            sims.append(_set_similarity(words, word_mask, alpha, f, f_mask, f_beta, **kw))
+        return sims[0] if len(sims) == 1 else 0.5 * (sims[0] + sims[1])  # (B_t, block)
 
     block = min(block_size, num_videos)
     num_blocks = -(-num_videos // block)
@@ -209,7 +241,7 @@ def pooled_cosine_similarity(text_cls, frames, frame_mask) -> jax.Array:
 
 
 class TokenLogitHead(nn.Module):
-    """g of the 'wti' interaction for one modality: per-token logit (B, N, D) -> (B, N).
+    """g of the weighted interactions for one modality: per-token logit (B, N, D) -> (B, N).
 
     ``mlp=False``: Linear(D -> 1); ``mlp=True``: Linear(D -> D), ReLU, Linear(D -> 1).
     """
@@ -226,7 +258,7 @@ class TokenLogitHead(nn.Module):
 
 
 class WTIHeads(nn.Module):
-    """Token-weight heads g_t, g_v of the 'wti' interaction (method.md 2.3, DRL).
+    """Token-weight heads g_t, g_v of :data:`WEIGHTED_INTERACTIONS` (method.md 2.3, DRL).
 
     Returns (word_logits (B, L), frame_logits (B, T)); masking and softmax happen inside
     :func:`dmae_similarity`. Each head depends on its own modality only, so evaluation can

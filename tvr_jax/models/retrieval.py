@@ -39,7 +39,7 @@ class RetrievalConfig:
     temporal: str = "seqTransf"
     temporal_layers: int = 4
     patch_tokens: int = 0  # K selected patch tokens per frame; 0 = frame token only
-    interaction: str = "att_ti"  # needs the wti heads when it is 'wti' or 'att_wti'
+    interaction: str = "att_ti"  # similarity.ALL_INTERACTIONS; the weighted ones build the wti heads
     wti_mlp: bool = False
     tpm: bool = True  # build the two cross-modal weight predictors
 
@@ -77,7 +77,12 @@ class RetrievalConfig:
 
     @property
     def uses_wti_heads(self) -> bool:
-        return self.interaction in ("wti", "att_wti")
+        return self.interaction in similarity.WEIGHTED_INTERACTIONS
+
+    @property
+    def uses_word_logits(self) -> bool:
+        # The release's 'wti' weights frames only (its sentence token has weight 1): no word head.
+        return self.interaction in similarity.WORD_LOGIT_INTERACTIONS
 
 
 def l2_normalise(x: jax.Array, eps: float = 1e-12) -> jax.Array:
@@ -151,7 +156,7 @@ class RetrievalModel(nn.Module):
         word_mask = jnp.asarray(text_mask, bool) & (pos > 0) & (pos < eot[:, None])
         out = dict(t_cls=l2_normalise(t_cls), words=l2_normalise(tokens), word_mask=word_mask,
                    word_weights=jnp.where(word_mask, jnp.asarray(word_weights, jnp.float32), 0.0))
-        if cfg.uses_wti_heads:
+        if cfg.uses_word_logits:
             out["word_logits"] = self.wti_heads.word_head(out["words"])
         return out
 
