@@ -173,7 +173,8 @@ def main() -> None:
     t_write = time.perf_counter() - t0
     data_dir = os.path.join(args.workdir, "data")
     t0 = time.perf_counter()
-    prep.prepare("msrvtt", data_dir, videos, annotations, fps=1.0, short_side=SIZE, workers=workers, progress=False)
+    prep.prepare("msrvtt", data_dir, videos, annotations, fps=1.0, short_side=SIZE, workers=workers, tagger="fallback",
+                 progress=False)
     t_prepare = time.perf_counter() - t0
     paths = [os.path.join(videos, f"video{i}.mp4") for i in range(args.clips)]
 

@@ -9,12 +9,15 @@ Steps, each resumable:
    `OUT/_work/<set>/frames/<video>.npz` (written atomically; a rerun keeps finished ones and
    retries failed ones). A missing, empty, truncated or undecodable video is left out and
    reported; a decoder crash is traced to its file and reported as such.
-4. Tokenise captions and compute word weights (`word_weights.py`).
+4. Tokenise captions and compute word weights (`word_weights.py`) with the tagger: spaCy's
+   `en_core_web_md` for the paper's sets, like the release (docs/method.md section 6.1); the
+   run stops before decoding anything when spaCy or the model is missing, unless the fallback
+   tagger is asked for explicitly.
 5. Write the TFDS dataset `OUT/<set>/1.0.0/` (TFDS writes into a temporary folder and
    renames it when complete, so a dataset folder is either whole or absent), then drop the
    decode cache (unless `keep_work`).
 6. Write `OUT/prepare_report.json` (one entry per set: counts per split, failures with reason
-   and fix, annotation problems, parameters, tagger) atomically.
+   and fix, annotation problems, parameters, tagger with versions) atomically.
 A split left with no video is an error (raised after the report is written).
 """
 
@@ -39,6 +42,7 @@ from data_pipeline.tokenizer import default_tokenizer
 
 REPORT_FILE = "prepare_report.json"
 DATASETS = ("msrvtt", "msvd", "didemo", "activitynet", "synthetic")
+PAPER_DATASETS = ("msrvtt", "msvd", "didemo", "activitynet")
 
 
 class PrepareError(ValueError):
@@ -53,9 +57,13 @@ def dataset_dir(out_dir: str, dataset: str) -> str:
 
 def prepare(dataset: str, out_dir: str, videos_dir: str | None = None, annotations_dir: str | None = None, *,
             fps: float = 1.0, max_frames: int | None = None, short_side: int | None = 224, workers: int | None = None,
-            jpeg_quality: int = 90, tagger: str = "auto", synthetic_scale: int = 1, synthetic_seed: int = 0,
-            rebuild: bool = False, keep_work: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Prepare `dataset` into `out_dir`; returns its report entry (also in prepare_report.json)."""
+            jpeg_quality: int = 90, tagger: str | None = None, spacy_model: str = word_weights.SPACY_MODEL,
+            synthetic_scale: int = 1, synthetic_seed: int = 0, rebuild: bool = False, keep_work: bool = False,
+            progress: bool = True) -> dict[str, Any]:
+    """Prepare `dataset` into `out_dir`; returns its report entry (also in prepare_report.json).
+
+    tagger: "spacy" (with `spacy_model`) or "fallback"; None: `default_tagger(dataset)`.
+    """
     started = time.time()
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
@@ -63,6 +71,7 @@ def prepare(dataset: str, out_dir: str, videos_dir: str | None = None, annotatio
         raise ValueError(f"need fps > 0, max_frames >= 1, short_side >= 1; got {fps}, {max_frames}, {short_side}")
     if not 1 <= jpeg_quality <= 100:
         raise ValueError(f"jpeg_quality must be in 1..100, got {jpeg_quality}")
+    tagger_spec = tagger_spec_for(dataset, tagger, spacy_model)
     workers = workers or os.cpu_count() or 1
     os.makedirs(out_dir, exist_ok=True)
     params = {"fps": float(fps), "max_frames": max_frames, "short_side": short_side, "jpeg_quality": jpeg_quality}
@@ -85,14 +94,19 @@ def prepare(dataset: str, out_dir: str, videos_dir: str | None = None, annotatio
     final_dir = dataset_dir(out_dir, dataset)
     if os.path.isfile(os.path.join(final_dir, "dataset_info.json")):
         with open(os.path.join(final_dir, "metadata.json"), encoding="utf-8") as f:
-            stored = json.load(f).get("frames")
+            stored_meta = json.load(f)
+        stored, stored_tagger = stored_meta.get("frames"), word_weights.tagger_spec_of(stored_meta)
         if not rebuild:
             if stored != params:
                 raise ValueError(f"{final_dir} was prepared with {stored}, not {params}; use another --out or pass --rebuild")
+            if stored_tagger != tagger_spec:
+                raise ValueError(f"{final_dir} was prepared with tagger {stored_tagger!r}, not {tagger_spec!r}; "
+                                 "use another --out or pass --rebuild")
             previous = _read_report(out_dir).get(dataset) or {"dataset": dataset, "tfds_dir": final_dir}
             return {**previous, "status": "already prepared (pass --rebuild to prepare it again)"}
         shutil.rmtree(final_dir)
 
+    tagger_obj = load_prepare_tagger(dataset, tagger_spec)  # before hours of decoding, not after
     from data_pipeline.builders import ANNOTATION_FORMAT
 
     ann = annotations_lib.load_annotations(ANNOTATION_FORMAT[dataset], annotations_dir)
@@ -120,10 +134,9 @@ def prepare(dataset: str, out_dir: str, videos_dir: str | None = None, annotatio
                 failures.append(_failure(split, v.video_id, r["path"], r["reason"], r["detail"]))
 
     prepared = {split: [v for v in videos if v.video_id in tasks and v.video_id not in failed] for split, videos in ann.splits.items()}
-    tagger_obj = word_weights.load_tagger(tagger)
     report = {
         "dataset": dataset, "tfds_dir": final_dir, "query_mode": ann.query_mode, "params": params,
-        "tagger": tagger_obj.name, "protocol": ann.protocol,
+        "tagger": tagger_obj.name, "tagger_info": tagger_obj.info, "protocol": ann.protocol,
         "splits": {
             split: {"videos_in_annotations": len(ann.splits[split]), "prepared": len(prepared[split]),
                     "failed": sum(1 for f in failures if f["split"] == split),
@@ -148,7 +161,8 @@ def prepare(dataset: str, out_dir: str, videos_dir: str | None = None, annotatio
 
     metadata = {
         "dataset": dataset, "query_mode": ann.query_mode, "protocol": ann.protocol, "tagger": tagger_obj.name,
-        "frames": params, "context_length": 77, "data_pipeline_format": 1, "synthetic": synthetic_meta,
+        "tagger_info": tagger_obj.info, "frames": params, "context_length": 77, "data_pipeline_format": 1,
+        "synthetic": synthetic_meta,
         "splits": {},
     }
     sources = {}
@@ -166,6 +180,54 @@ def prepare(dataset: str, out_dir: str, videos_dir: str | None = None, annotatio
     report["elapsed_s"] = round(time.time() - started, 2)
     _write_report(out_dir, dataset, report)
     return report
+
+
+# ----------------------------------------------------------------------------- tagger
+
+def default_tagger(dataset: str) -> str:
+    """spaCy for the paper's sets, like the release; the fallback for the synthetic set, whose
+    captions are generated from a small template vocabulary (no paper tagging to match there),
+    so that the demo runs with nothing beyond the base install."""
+    return "spacy" if dataset in PAPER_DATASETS else word_weights.FALLBACK
+
+
+def tagger_spec_for(dataset: str, tagger: str | None, spacy_model: str = word_weights.SPACY_MODEL) -> str:
+    """The tagger spec ("spacy:<model>" or "fallback") `prepare` uses for these arguments."""
+    tagger = tagger or default_tagger(dataset)
+    if tagger not in ("spacy", word_weights.FALLBACK):
+        raise ValueError(f"tagger must be 'spacy' or 'fallback', got {tagger!r}")
+    if spacy_model not in word_weights.SPACY_MODELS:
+        raise ValueError(f"spacy_model must be one of {', '.join(word_weights.SPACY_MODELS)}, got {spacy_model!r}")
+    return word_weights.FALLBACK if tagger == word_weights.FALLBACK else f"spacy:{spacy_model}"
+
+
+def load_prepare_tagger(dataset: str, spec: str) -> word_weights.Tagger:
+    try:
+        return word_weights.load_tagger(spec)
+    except word_weights.TaggerUnavailable as e:
+        model = spec.partition(":")[2]
+        release = "the release's" if model == word_weights.SPACY_MODEL else f"the release uses {word_weights.SPACY_MODEL}"
+        raise word_weights.TaggerUnavailable(
+            f"{dataset}: word weights are tagged with spaCy's {model} ({release}, docs/method.md section 6.1), "
+            f"but {e.reason}.\n  Install: {word_weights.install_hint(model)}\n"
+            "  Or pass --tagger fallback (tagger='fallback') for the built-in approximation, whose word weights "
+            "differ from the paper's (data_pipeline/word_weights.py)"
+        ) from None
+
+
+def read_metadata(data_dir: str, dataset: str) -> dict | None:
+    """metadata.json of a prepared set (see `prepare`); None when the set is not there."""
+    path = os.path.join(dataset_dir(data_dir, dataset), "metadata.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def tagger_warning(data_dir: str, dataset: str, expected: str) -> str | None:
+    """`word_weights.check_tagger` on a prepared set; None when it matches or the set is not prepared."""
+    metadata = read_metadata(data_dir, dataset) if data_dir else None
+    return None if metadata is None else word_weights.check_tagger(expected, metadata)
 
 
 # ----------------------------------------------------------------------------- decoding
@@ -341,6 +403,10 @@ def summary(report: dict, max_failures: int = 20) -> str:
     if "splits" not in report:
         return lines[0]
     lines += [f"  query mode {report['query_mode']}, tagger {report['tagger']}, frames {report['params']}"]
+    spec = word_weights.tagger_spec_of(report)
+    if report["dataset"] in PAPER_DATASETS and spec != word_weights.PAPER_TAGGER:
+        lines.append(f"  note: tagger {spec!r} is not the paper's {word_weights.PAPER_TAGGER!r}; word weights differ "
+                     f"from the release's (train with --config.data.tagger={spec} to silence its warning)")
     for split, c in report["splits"].items():
         lines.append(f"  {split:6s} {c['prepared']:6d} / {c['videos_in_annotations']} videos prepared, {c['failed']} failed, {c['captions']} captions")
     lines.append(f"  decoded this run {report['decoded_this_run']}, reused from an earlier run {report['reused_from_cache']}")

@@ -6,33 +6,41 @@ on every BPE token of the word, and 0 on the start token, the end token and padd
 masks those itself; keeping them 0 makes a mistake visible). Tags are computed on the cleaned
 caption (`tokenizer.clean_text`: lower case), the text the CLIP word spans refer to.
 
-Two taggers:
-- `SpacyTagger`: spaCy's statistical tagger (the release uses `en_core_web_sm`); used whenever
-  `spacy.load("en_core_web_sm")` works. spaCy's tokens are matched to CLIP's words by character
-  overlap: a CLIP word is a content word when a content spaCy token overlaps it.
-- `FallbackTagger` (no model needed, what runs where spaCy or its model is not installed), a
-  documented approximation: a word is a content word unless it
+Two taggers, named by a spec string ("spacy:<model>" or "fallback"):
+- `SpacyTagger`: spaCy's statistical tagger. The paper's release tags with `en_core_web_md`
+  (docs/method.md section 6.1), the default of `tvr-jax prepare` for the paper's sets, which
+  stops with install instructions when spaCy or the model is missing. spaCy's tokens are
+  matched to CLIP's words by character overlap: a CLIP word is a content word when a content
+  spaCy token overlaps it.
+- `FallbackTagger` (no model needed; chosen explicitly, or by default for the synthetic set),
+  a documented approximation: a word is a content word unless it
     1. has no letter (punctuation, digits),
     2. is in `STOP_WORDS` (spaCy's English stop list plus the stems CLIP splits off
        contractions: "don" of "don't", ...), which covers determiners, pronouns,
        prepositions, conjunctions, auxiliaries and the commonest adverbs,
     3. or looks like an "-ly" adverb (longer than 4 letters, not in `LY_NON_ADVERBS`).
   Everything else is taken to be a noun, verb or adjective. Caption vocabularies are dominated
-  by those, so this agrees with spaCy on most words; it errs on rarer adverbs (e.g. "fast")
-  and proper nouns (spaCy: PROPN, weight 1; here weight 2).
-The tagger used is recorded (`Tagger.name`) in the prepared dataset's metadata.
+  by those, so this agrees with spaCy on most words; it errs on rarer adverbs (e.g. "fast"),
+  number words and proper nouns (spaCy: ADV, NUM, PROPN, weight 1; here weight 2).
+  benchmarks/notes/tagger_agreement.md measures the agreement.
+The tagger used (`Tagger.name`, `Tagger.info`) is recorded in the prepared dataset's metadata
+and in prepare_report.json; `check_tagger` compares it with the config's `data.tagger`.
 """
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from typing import TYPE_CHECKING, Protocol, Sequence
 
 import numpy as np
 
-from data_pipeline.tokenizer import TokenizedCaption
+if TYPE_CHECKING:  # the tokenizer (ftfy) is no dependency of `check_tagger`'s callers
+    from data_pipeline.tokenizer import TokenizedCaption
 
 CONTENT_POS = frozenset({"NOUN", "VERB", "ADJ"})
-SPACY_MODEL = "en_core_web_sm"
+SPACY_MODEL = "en_core_web_md"  # the release's (docs/method.md section 6.1)
+SPACY_MODELS = ("en_core_web_md", "en_core_web_sm", "en_core_web_lg")
+FALLBACK = "fallback"
+PAPER_TAGGER = f"spacy:{SPACY_MODEL}"
 
 # spaCy 3.x English stop words (MIT licence, spacy/lang/en/stop_words.py), lower case.
 _SPACY_STOP_WORDS = """
@@ -69,10 +77,22 @@ LY_NON_ADVERBS = frozenset(
 )
 
 
+class TaggerUnavailable(ValueError):
+    """spaCy or the requested model is not installed: `reason`, and `hint`, the commands that install them."""
+
+    def __init__(self, reason: str, hint: str | None = None):
+        super().__init__(f"{reason}; install: {hint}" if hint else reason)
+        self.reason, self.hint = reason, hint
+
+
 class Tagger(Protocol):
     """Marks the content words of cleaned captions, given CLIP's word spans."""
 
-    name: str
+    name: str  # exact identity, with versions: "fallback-stoplist-v1", "spacy-3.8.4/en_core_web_md-3.8.0"
+    spec: str  # what `load_tagger` takes: "fallback", "spacy:en_core_web_md"
+
+    @property
+    def info(self) -> dict: ...
 
     def content_flags(self, texts: Sequence[str], spans: Sequence[Sequence[tuple[int, int]]]) -> list[list[bool]]: ...
 
@@ -81,6 +101,11 @@ class FallbackTagger:
     """Stop list + "-ly" adverb rule (see the module docstring); needs no model."""
 
     name = "fallback-stoplist-v1"
+    spec = FALLBACK
+
+    @property
+    def info(self) -> dict:
+        return {"spec": self.spec, "name": self.name}
 
     @staticmethod
     def is_content_word(word: str) -> bool:
@@ -96,10 +121,19 @@ class FallbackTagger:
 class SpacyTagger:
     """spaCy POS tags: content = NOUN/VERB/ADJ and not `is_stop`, mapped to CLIP words by overlap."""
 
-    def __init__(self, nlp, name: str | None = None):
+    def __init__(self, nlp, spacy_version: str = "unknown"):
         self.nlp = nlp
         meta = getattr(nlp, "meta", {}) or {}
-        self.name = name or f"spacy/{meta.get('name', 'unknown')}-{meta.get('version', 'unknown')}"
+        self.model = f"{meta.get('lang', 'en')}_{meta.get('name', 'unknown')}"
+        self.model_version = str(meta.get("version", "unknown"))
+        self.spacy_version = spacy_version
+        self.spec = f"spacy:{self.model}"
+        self.name = f"spacy-{spacy_version}/{self.model}-{self.model_version}"
+
+    @property
+    def info(self) -> dict:
+        return {"spec": self.spec, "name": self.name, "spacy_version": self.spacy_version, "model": self.model,
+                "model_version": self.model_version}
 
     def content_flags(self, texts, spans):
         flags = []
@@ -109,24 +143,69 @@ class SpacyTagger:
         return flags
 
 
-def load_tagger(kind: str = "auto") -> Tagger:
-    """"auto": spaCy with en_core_web_sm when it loads, else the fallback; "spacy"; "fallback"."""
-    if kind not in ("auto", "spacy", "fallback"):
-        raise ValueError(f"tagger must be 'auto', 'spacy' or 'fallback', got {kind!r}")
-    if kind == "fallback":
+def parse_tagger(spec: str) -> str:
+    """The normal form of a tagger spec: "fallback" or "spacy:<model>" ("spacy" alone: the release's model)."""
+    kind, _, model = str(spec).partition(":")
+    if kind == FALLBACK and not model:
+        return FALLBACK
+    if kind == "spacy" and (model or SPACY_MODEL) in SPACY_MODELS:
+        return f"spacy:{model or SPACY_MODEL}"
+    raise ValueError(f"tagger must be 'fallback' or 'spacy:MODEL' with MODEL one of {', '.join(SPACY_MODELS)}; got {spec!r}")
+
+
+def install_hint(model: str = SPACY_MODEL) -> str:
+    return f"pip install -e '.[spacy]' && python -m spacy download {model}"
+
+
+def load_tagger(spec: str) -> Tagger:
+    """The tagger of `spec` (see `parse_tagger`); `TaggerUnavailable`, with how to install, when spaCy
+    or its model is missing: never a silent switch to the fallback, whose weights differ."""
+    spec = parse_tagger(spec)
+    if spec == FALLBACK:
         return FallbackTagger()
+    model = spec.partition(":")[2]
     try:
         import spacy
+    except ImportError:
+        raise TaggerUnavailable("spaCy is not installed", install_hint(model)) from None
+    try:
+        # POS tags need the tagger and attribute ruler only; the rest would just cost time.
+        nlp = spacy.load(model, exclude=["parser", "ner", "lemmatizer"])
+    except Exception as e:  # OSError when the model is not installed
+        raise TaggerUnavailable(f"spaCy's {model} model does not load ({type(e).__name__}: {e})",
+                                f"python -m spacy download {model}") from None
+    return SpacyTagger(nlp, spacy_version=spacy.__version__)
 
-        nlp = spacy.load(SPACY_MODEL, exclude=["parser", "ner", "lemmatizer"])
-    except Exception as e:  # ImportError, or OSError when the model is not installed
-        if kind == "spacy":
-            raise ValueError(
-                f"tagger 'spacy' needs spaCy and its {SPACY_MODEL} model ({type(e).__name__}: {e}); fix: "
-                f"pip install 'tvr-jax[spacy]' && python -m spacy download {SPACY_MODEL}, or use the fallback tagger"
-            ) from None
-        return FallbackTagger()
-    return SpacyTagger(nlp, name=f"spacy-{spacy.__version__}/{nlp.meta['name']}-{nlp.meta['version']}")
+
+def tagger_spec_of(metadata: dict) -> str | None:
+    """The spec of the tagger a prepared dataset's metadata records; None when it records none."""
+    info = metadata.get("tagger_info")
+    if isinstance(info, dict) and info.get("spec"):
+        return str(info["spec"])
+    name = metadata.get("tagger")  # sets prepared before `tagger_info`: "spacy-3.7.5/core_web_sm-3.7.1"
+    if not name:
+        return None
+    if str(name).startswith(FALLBACK):
+        return FALLBACK
+    model = str(name).rsplit("/", 1)[-1].rsplit("-", 1)[0]
+    return f"spacy:{model if model.startswith('en_') else 'en_' + model}"
+
+
+def check_tagger(expected: str, metadata: dict) -> str | None:
+    """A warning when a prepared dataset's word weights come from another tagger than `expected`
+    (the config's `data.tagger`), None when they match."""
+    expected = parse_tagger(expected)
+    found = tagger_spec_of(metadata)
+    if found == expected:
+        return None
+    dataset = metadata.get("dataset", "?")
+    recorded = f"tagger {found!r} ({metadata.get('tagger')})" if found else "no recorded tagger"
+    option = "--tagger fallback" if expected == FALLBACK else f"--tagger spacy --spacy-model {expected.partition(':')[2]}"
+    paper = ", the paper's release tags with spaCy's en_core_web_md (docs/method.md section 6.1)" if found and found != PAPER_TAGGER else ""
+    return (f"WORD WEIGHTS MISMATCH: dataset {dataset} was prepared with {recorded}, but data.tagger is {expected!r}: "
+            f"the textual attention's word weights (docs/method.md section 2.2) are not the ones the config asks for{paper}. "
+            f"Prepare the set again (tvr-jax prepare --dataset {dataset} {option} --rebuild ...) or set "
+            f"--config.data.tagger={found or '...'} to accept them.")
 
 
 def token_word_weights(caption: TokenizedCaption, content: Sequence[bool]) -> np.ndarray:

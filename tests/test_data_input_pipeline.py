@@ -15,7 +15,7 @@ TEST = {"video20": (12, "a long video of twelve seconds"), "video21": (3, "short
 def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("pipe")
     videos, annotations = write_msrvtt_set(str(root / "src"), TRAIN, TEST)
-    prep.prepare("msrvtt", str(root / "data"), videos, annotations, workers=2, progress=False)
+    prep.prepare("msrvtt", str(root / "data"), videos, annotations, workers=2, tagger="fallback", progress=False)
     return prep.dataset_dir(str(root / "data"), "msrvtt")
 
 

@@ -2,6 +2,8 @@
 
 import json
 import os
+import sys
+import types
 
 import numpy as np
 import pytest
@@ -35,8 +37,9 @@ def source(tmp_path_factory):
 def test_prepare_reports_and_skips_bad_videos(source, tmp_path, capsys):
     videos, annotations = source
     out = str(tmp_path / "data")
-    report = prep.prepare("msrvtt", out, videos, annotations, workers=2, progress=False)
+    report = prep.prepare("msrvtt", out, videos, annotations, tagger="fallback", workers=2, progress=False)
     assert report["status"] == "prepared" and report["tagger"] == "fallback-stoplist-v1"
+    assert report["tagger_info"] == {"spec": "fallback", "name": "fallback-stoplist-v1"}
     assert report["splits"]["train"] == {"videos_in_annotations": 6, "prepared": 3, "failed": 3, "captions": 4}
     assert report["splits"]["test"] == {"videos_in_annotations": 2, "prepared": 2, "failed": 0, "captions": 2}
     reasons = {f["video_id"]: f["reason"] for f in report["failures"]}
@@ -46,11 +49,17 @@ def test_prepare_reports_and_skips_bad_videos(source, tmp_path, capsys):
     assert on_disk["msrvtt"]["failures"] == report["failures"]
     summary = prep.summary(report)
     assert "3 videos left out: 1 empty, 1 missing, 1 unreadable" in summary and "video5" in summary
+    assert "not the paper's 'spacy:en_core_web_md'" in summary
     assert not os.path.exists(os.path.join(out, "_work", "msrvtt"))  # cache dropped after success
 
     builder = tfds.builder_from_directory(prep.dataset_dir(out, "msrvtt"))
     meta = builder.info.metadata
     assert meta["query_mode"] == "sentence" and meta["tagger"] == "fallback-stoplist-v1"
+    assert meta["tagger_info"] == {"spec": "fallback", "name": "fallback-stoplist-v1"}
+    # Training compares it with the config's data.tagger (the paper's by default).
+    assert prep.tagger_warning(out, "msrvtt", "fallback") is None
+    assert "WORD WEIGHTS MISMATCH" in prep.tagger_warning(out, "msrvtt", "spacy:en_core_web_md")
+    assert prep.tagger_warning(str(tmp_path / "nothing"), "msrvtt", "fallback") is None
     assert meta["splits"]["train"] == {"video_ids": ["video0", "video1", "video2"], "num_captions": [2, 1, 1], "num_frames": [3, 5, 2]}
     records = builder.as_data_source("train")  # TFDS's own decoding: the full stored example
     assert len(records) == 3
@@ -74,7 +83,7 @@ def test_interrupted_prepare_resumes_without_redoing_work(source, tmp_path, monk
 
     monkeypatch.setattr(prep, "_build_tfds", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        prep.prepare("msrvtt", out, videos, annotations, workers=1, progress=False)
+        prep.prepare("msrvtt", out, videos, annotations, tagger="fallback", workers=1, progress=False)
     monkeypatch.undo()
     cache = os.path.join(out, "_work", "msrvtt", "frames")
     cached = sorted(os.listdir(cache))
@@ -83,14 +92,14 @@ def test_interrupted_prepare_resumes_without_redoing_work(source, tmp_path, monk
     # As if the run had stopped while decoding: one video unfinished, one write left half done.
     os.remove(os.path.join(cache, "video1.npz"))
     open(os.path.join(cache, "video1.npz.partial"), "wb").write(b"half")
-    report = prep.prepare("msrvtt", out, videos, annotations, workers=1, progress=False)
+    report = prep.prepare("msrvtt", out, videos, annotations, tagger="fallback", workers=1, progress=False)
     assert report["decoded_this_run"] == 1 and report["reused_from_cache"] == 4
     assert report["splits"]["train"]["prepared"] == 3
-    again = prep.prepare("msrvtt", out, videos, annotations, workers=1, progress=False)
+    again = prep.prepare("msrvtt", out, videos, annotations, tagger="fallback", workers=1, progress=False)
     assert again["status"].startswith("already prepared")
     with pytest.raises(ValueError, match="--rebuild"):
-        prep.prepare("msrvtt", out, videos, annotations, fps=2.0, progress=False)
-    rebuilt = prep.prepare("msrvtt", out, videos, annotations, fps=2.0, rebuild=True, workers=2, progress=False)
+        prep.prepare("msrvtt", out, videos, annotations, tagger="fallback", fps=2.0, progress=False)
+    rebuilt = prep.prepare("msrvtt", out, videos, annotations, tagger="fallback", fps=2.0, rebuild=True, workers=2, progress=False)
     assert rebuilt["decoded_this_run"] == 5
     meta = tfds.builder_from_directory(prep.dataset_dir(out, "msrvtt")).info.metadata
     assert meta["splits"]["train"]["num_frames"] == [6, 10, 4] and meta["frames"]["fps"] == 2.0
@@ -100,7 +109,7 @@ def test_a_split_left_empty_is_an_error_with_a_report(tmp_path):
     videos, annotations = write_msrvtt_set(str(tmp_path / "src"), {"video0": (2, ["a cat"])}, {"video9": (0, "never there")})
     out = str(tmp_path / "data")
     with pytest.raises(prep.PrepareError, match=r"\['test'\] have no usable video"):
-        prep.prepare("msrvtt", out, videos, annotations, workers=1, progress=False)
+        prep.prepare("msrvtt", out, videos, annotations, tagger="fallback", workers=1, progress=False)
     report = json.load(open(os.path.join(out, prep.REPORT_FILE)))["msrvtt"]
     assert report["status"].startswith("error") and report["failures"][0]["video_id"] == "video9"
     assert not os.path.exists(prep.dataset_dir(out, "msrvtt"))
@@ -127,12 +136,69 @@ def test_cli_prepare_prints_summary_and_reports_errors(source, tmp_path, capsys)
     videos, annotations = source
     out = str(tmp_path / "data")
     assert cli.main(["prepare", "--dataset", "msrvtt", "--videos", videos, "--annotations", annotations, "--out", out,
-                     "--max-frames", "2", "--short-side", "32", "--workers", "2"]) == 0
+                     "--max-frames", "2", "--short-side", "32", "--workers", "2", "--tagger", "fallback"]) == 0
     printed = capsys.readouterr().out
     assert "train       3 / 6 videos prepared, 3 failed" in printed and "fix:" in printed
     meta = tfds.builder_from_directory(prep.dataset_dir(out, "msrvtt")).info.metadata
     assert meta["splits"]["train"]["num_frames"] == [2, 2, 2] and meta["frames"]["short_side"] == 32
     record = tfds.builder_from_directory(prep.dataset_dir(out, "msrvtt")).as_data_source("test")[0]
     assert record["frames"][0].shape == (32, 43, 3)
-    assert cli.main(["prepare", "--dataset", "msvd", "--videos", videos, "--annotations", annotations, "--out", out]) == 2
+    assert cli.main(["prepare", "--dataset", "msvd", "--videos", videos, "--annotations", annotations, "--out", out,
+                     "--tagger", "fallback"]) == 2
     assert "raw-captions.pkl not found" in capsys.readouterr().err
+
+
+class _WordNlp:
+    """Stands in for a loaded spaCy pipeline: every whitespace-separated word a NOUN, none a stop word."""
+
+    meta = {"lang": "en", "name": "core_web_md", "version": "3.8.0"}
+
+    def pipe(self, texts, batch_size=None):
+        for text in texts:
+            tokens, start = [], 0
+            for word in text.split():
+                idx = text.index(word, start)
+                tokens.append(types.SimpleNamespace(text=word, idx=idx, pos_="NOUN", is_stop=False))
+                start = idx + len(word)
+            yield tokens
+
+
+def test_paper_set_without_spacy_stops_before_decoding_and_says_how_to_install(source, tmp_path, monkeypatch, capsys):
+    videos, annotations = source
+    out = str(tmp_path / "data")
+    monkeypatch.setitem(sys.modules, "spacy", None)  # import spacy -> ImportError
+    assert cli.main(["prepare", "--dataset", "msrvtt", "--videos", videos, "--annotations", annotations, "--out", out]) == 2
+    err = capsys.readouterr().err
+    assert "spaCy is not installed" in err and "pip install -e '.[spacy]'" in err
+    assert "python -m spacy download en_core_web_md" in err and "--tagger fallback" in err
+    assert not os.path.exists(os.path.join(out, "_work")) and not os.path.exists(prep.dataset_dir(out, "msrvtt"))
+
+    def no_model(name, **kwargs):
+        raise OSError(f"[E050] Can't find model '{name}'")
+
+    monkeypatch.setitem(sys.modules, "spacy", types.SimpleNamespace(__version__="3.8.4", load=no_model))
+    with pytest.raises(ValueError, match=r"(?s)en_core_web_sm model does not load .*python -m spacy download en_core_web_sm"):
+        prep.prepare("msrvtt", out, videos, annotations, spacy_model="en_core_web_sm", progress=False)
+    with pytest.raises(ValueError, match="spacy_model must be one of"):
+        prep.prepare("msrvtt", out, videos, annotations, spacy_model="en_core_web_trf", progress=False)
+
+
+def test_spacy_tagger_is_recorded_with_its_versions(tmp_path, monkeypatch):
+    videos, annotations = write_msrvtt_set(str(tmp_path / "src"), {"video0": (2, ["a cat sleeps"])}, {"video9": (1, "a dog")})
+    fake = types.SimpleNamespace(__version__="3.8.4", load=lambda name, **kwargs: _WordNlp())
+    monkeypatch.setitem(sys.modules, "spacy", fake)
+    out = str(tmp_path / "data")
+    report = prep.prepare("msrvtt", out, videos, annotations, workers=1, progress=False)  # spaCy by default
+    info = {"spec": "spacy:en_core_web_md", "name": "spacy-3.8.4/en_core_web_md-3.8.0", "spacy_version": "3.8.4",
+            "model": "en_core_web_md", "model_version": "3.8.0"}
+    assert report["tagger"] == info["name"] and report["tagger_info"] == info
+    assert json.load(open(os.path.join(out, prep.REPORT_FILE)))["msrvtt"]["tagger_info"] == info
+    meta = json.load(open(os.path.join(prep.dataset_dir(out, "msrvtt"), "metadata.json")))
+    assert meta["tagger"] == info["name"] and meta["tagger_info"] == info
+    assert "not the paper's" not in prep.summary(report)
+    record = tfds.builder_from_directory(prep.dataset_dir(out, "msrvtt")).as_data_source("train")[0]
+    np.testing.assert_array_equal(record["caption_weights"][0][:5], [0, 2, 2, 2, 0])  # the fake's tags: all content
+    assert prep.tagger_warning(out, "msrvtt", "spacy:en_core_web_md") is None
+    # Another tagger for a prepared set needs --rebuild, like other frame parameters.
+    with pytest.raises(ValueError, match="prepared with tagger 'spacy:en_core_web_md', not 'fallback'"):
+        prep.prepare("msrvtt", out, videos, annotations, tagger="fallback", progress=False)

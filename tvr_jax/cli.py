@@ -77,8 +77,8 @@ def _prepare(args: argparse.Namespace) -> int:
     report = prepare.prepare(
         args.dataset, args.out, videos_dir=args.videos, annotations_dir=args.annotations, fps=args.fps,
         max_frames=args.max_frames, short_side=args.short_side, workers=args.workers, jpeg_quality=args.jpeg_quality,
-        tagger=args.tagger, synthetic_scale=args.synthetic_scale, synthetic_seed=args.synthetic_seed,
-        rebuild=args.rebuild, keep_work=args.keep_work,
+        tagger=args.tagger, spacy_model=args.spacy_model, synthetic_scale=args.synthetic_scale,
+        synthetic_seed=args.synthetic_seed, rebuild=args.rebuild, keep_work=args.keep_work,
     )
     print(prepare.summary(report))
     return 0
@@ -217,7 +217,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--short-side", type=int, default=224, help="frames are shrunk to this short side (never enlarged)")
     p.add_argument("--workers", type=int, default=None, help="decoding processes (default: all cores)")
     p.add_argument("--jpeg-quality", type=int, default=90)
-    p.add_argument("--tagger", default="auto", choices=["auto", "spacy", "fallback"], help="part-of-speech tagger for word weights")
+    p.add_argument("--tagger", default=None, choices=["spacy", "fallback"],
+                   help="part-of-speech tagger for word weights (docs/method.md section 2.2); default: spacy for the "
+                        "paper's sets, like the release (stops if spaCy or the model is missing), fallback for synthetic")
+    p.add_argument("--spacy-model", default="en_core_web_md", choices=["en_core_web_md", "en_core_web_sm", "en_core_web_lg"],
+                   help="spaCy model of --tagger spacy (the release's: en_core_web_md)")
     p.add_argument("--synthetic-scale", type=int, default=1, help="synthetic set: multiply its 400 train / 100 test videos")
     p.add_argument("--synthetic-seed", type=int, default=0)
     p.add_argument("--rebuild", action="store_true", help="prepare again even if DATA_DIR already holds the set")

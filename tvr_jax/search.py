@@ -2,7 +2,8 @@
 
 Index layout (INDEX_DIR, every file written to a temporary name and renamed; the manifest last):
   manifest.json    {"format": "tvr_jax.index/1", "dataset", "split", "num_videos", "num_captions",
-                    "arrays": {name: {"shape", "dtype"}}, "run": {"workdir", "step", "config"}}
+                    "arrays": {name: {"shape", "dtype"}}, "run": {"workdir", "step", "config"},
+                    "tagger": the dataset's word-weight tagger, which search weighs queries with}
   video_ids.json   the split's video ids, row order of the video arrays
   frames.npy       float16 (N, T, D) L2-normalised frame tokens F
   frame_mask.npy   bool (N, T)
@@ -38,6 +39,7 @@ def _save_npy(path: str, array: np.ndarray) -> None:
 
 def export_index(cfg, workdir: str, out_dir: str, split: str, step: int | None = None) -> dict[str, Any]:
     """Encode every video and caption of `split` with the checkpoint of `workdir`; write the index."""
+    from data_pipeline.word_weights import tagger_spec_of
     from tvr_jax import evaluate, train
 
     if os.path.exists(os.path.join(out_dir, "manifest.json")):
@@ -61,6 +63,7 @@ def export_index(cfg, workdir: str, out_dir: str, split: str, step: int | None =
     video_ids = [streams["videos"].video_ids[i] for i in videos["video_index"]]
     manifest = {"format": INDEX_FORMAT, "dataset": cfg.dataset, "split": split, "num_videos": len(video_ids),
                 "num_captions": int(len(texts["video_index"])), "arrays": arrays,
+                "tagger": tagger_spec_of(streams["videos"].metadata),
                 "run": {"workdir": os.path.abspath(workdir), "step": trained_step, "config": json.loads(cfg.to_json_best_effort())}}
     for name, content in (("video_ids.json", video_ids), ("manifest.json", manifest)):
         tmp = os.path.join(out_dir, name + ".tmp")
@@ -91,7 +94,7 @@ def search(index_dir: str, query: str, top_k: int = 10, chunk: int = 8192) -> li
     import ml_collections
 
     from data_pipeline.tokenizer import default_tokenizer
-    from data_pipeline.word_weights import caption_weights, load_tagger
+    from data_pipeline.word_weights import caption_weights
     from tvr_jax import train
 
     manifest, video_ids, videos = load_index(index_dir)
@@ -103,11 +106,30 @@ def search(index_dir: str, query: str, top_k: int = 10, chunk: int = 8192) -> li
     ids = np.zeros((1, model.config.max_words), np.int32)
     ids[0, : len(caption.ids)] = caption.ids
     weights = np.zeros(ids.shape, np.float32)
-    weights[0, : len(caption.ids)] = caption_weights([caption], load_tagger("auto"))[0]
+    weights[0, : len(caption.ids)] = caption_weights([caption], index_tagger(manifest, cfg))[0]
     text = model.apply({"params": params}, jnp.asarray(ids), jnp.asarray(ids > 0), jnp.asarray(weights, jnp.float32),
                        method=model.encode_text)
     rows, scores = rank_videos(text, videos, model.config.interaction, train.loss_config(cfg), top_k, chunk)
     return [(video_ids[r], float(s)) for r, s in zip(rows, scores)]
+
+
+def index_tagger(manifest: dict, cfg):
+    """The tagger the index's dataset was prepared with: query words must be weighed as its captions were."""
+    from data_pipeline.prepare import read_metadata
+    from data_pipeline.word_weights import TaggerUnavailable, load_tagger, tagger_spec_of
+
+    spec = manifest.get("tagger")
+    if not spec:  # an index exported before the manifest recorded it: ask the dataset
+        metadata = read_metadata(cfg.data_dir, cfg.dataset) if cfg.get("data_dir") else None
+        spec = tagger_spec_of(metadata) if metadata else None
+    if not spec:
+        raise ValueError(f"the index records no word-weight tagger and its dataset ({cfg.get('data_dir')!r}, {cfg.dataset}) "
+                         "is not readable; export the index again with `tvr-jax export`")
+    try:
+        return load_tagger(spec)
+    except TaggerUnavailable as e:
+        raise TaggerUnavailable(f"the index's dataset {manifest.get('dataset')} was tagged with {spec!r} and queries "
+                                f"must be weighed the same way, but {e.reason}", e.hint) from None
 
 
 def rank_videos(text: dict, videos: dict[str, np.ndarray], interaction: str, lcfg, top_k: int = 10,
