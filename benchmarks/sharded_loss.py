@@ -85,7 +85,8 @@ def step_times(variant: str, steps: int = 12) -> dict:
     ids[:, 0], ids[:, 1:12], ids[:, 12] = 49406, rng.integers(300, 40000, (b, 11)), 49407
     batch = jax.device_put({"video": rng.normal(size=(b, cfg.model.max_frames, size, size, 3)).astype(np.float32),
                             "video_mask": np.ones((b, cfg.model.max_frames), bool), "text_ids": ids, "text_mask": ids > 0,
-                            "word_weights": (ids > 0).astype(np.float32)}, sharding.batch_sharding(mesh))
+                            "word_weights": (ids > 0).astype(np.float32), "video_index": np.arange(b, dtype=np.int32)},
+                           sharding.batch_sharding(mesh))
     state, m = step(state, batch)  # compile + warm-up
     jax.block_until_ready(m)
     times = []

@@ -65,7 +65,8 @@ def compiled_bytes(cfg, batch: int) -> dict:
     sds = jax.ShapeDtypeStruct
     batch_shapes = {"video": sds((batch, t, s, s, 3), "float32", sharding=spec), "video_mask": sds((batch, t), bool, sharding=spec),
                         "text_ids": sds((batch, l), "int32", sharding=spec), "text_mask": sds((batch, l), bool, sharding=spec),
-                        "word_weights": sds((batch, l), "float32", sharding=spec)}
+                        "word_weights": sds((batch, l), "float32", sharding=spec),
+                        "video_index": sds((batch,), "int32", sharding=spec)}
     state_sds = jax.tree.map(lambda x, sh: sds(x.shape, x.dtype, sharding=sh), state_shape, shardings)
     t0 = time.perf_counter()
     m = step.lower(state_sds, batch_shapes).compile().memory_analysis()

@@ -83,7 +83,8 @@ def make_batch(c, t: int, words: int, batch: int, seed: int = 0) -> dict:
         ids[row, 0], ids[row, n - 1] = c.vocab_size - 2, c.vocab_size - 1
         ids[row, 1 : n - 1] = rng.integers(1, c.vocab_size - 2, size=n - 2)
     return {"video": rng.standard_normal((batch, t, size, size, 3), np.float32), "video_mask": np.ones((batch, t), bool),
-                "text_ids": ids, "text_mask": ids > 0, "word_weights": np.ones((batch, words), np.float32)}
+                "text_ids": ids, "text_mask": ids > 0, "word_weights": np.ones((batch, words), np.float32),
+                "video_index": np.arange(batch, dtype=np.int32)}
 
 
 # -- ours -------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from tvr_jax import train
 from tvr_jax.config_io import load_config
 from tvr_jax.models.clip import CLIP, PRESETS
 from tvr_jax.objective import model_loss
-from tvr_jax.train import BATCH_KEYS
+from tvr_jax.train import MODEL_INPUTS
 
 
 @pytest.mark.parametrize("preset", ["tiny", "vit_b32", "vit_b16"])
@@ -90,7 +90,7 @@ def test_torch_peer_computes_our_baseline_loss_and_gradient(tmp_path):
     batch = make_batch(m.clip, m.max_frames, m.max_words, 6, seed=1)
     batch["video_mask"][1, 2:] = False  # a clip with fewer valid frames
     ours_loss, ours_grads = jax.value_and_grad(lambda p: model_loss(
-        model, p, tuple(jnp.asarray(batch[k]) for k in BATCH_KEYS), train.loss_config(cfg))[0])(params)
+        model, p, tuple(jnp.asarray(batch[k]) for k in MODEL_INPUTS), train.loss_config(cfg))[0])(params)
 
     peer = ref.MeanPRetrieval(hf, TEMPERATURE)
     loss = peer(*(torch.from_numpy(batch[k]) for k in ("video", "video_mask")), torch.from_numpy(batch["text_ids"]).long())

@@ -18,17 +18,24 @@ from tvr_jax.losses import (dmae_loss, dmae_loss_and_parts, negnce_block_sums,
 B = 6
 
 
-def ref_negnce(xp, sim, sim_np, temperature=0.01, lambda_pos=1.0, lambda_neg=0.5, delta=0.0):
-    """Loops over rows and candidates; the hard set H is decided on the numpy copy sim_np."""
+def ref_negnce(xp, sim, sim_np, temperature=0.01, lambda_pos=1.0, lambda_neg=0.5, delta=0.0,
+               videos=None):
+    """Loops over rows and candidates; the hard set H is decided on the numpy copy sim_np.
+
+    ``videos``: each pair's video; candidate j of row i is left out of the softmax and of H
+    when j != i shows the same video (docs/method.md section 3.1).
+    """
     n = len(sim_np)
+    videos = list(range(n)) if videos is None else list(videos)
     pos_terms, neg_terms, num_hard = [], [], 0
     for i in range(n):
-        m = max(float(sim_np[i][j]) for j in range(n)) / temperature   # a constant shift
-        e = xp.exp(sim[i] / temperature - m)
-        p = xp.clip(e / xp.sum(e), 1e-6, 1 - 1e-6)
-        pos_terms.append(-xp.log(p[i]))
-        hard = [j for j in range(n) if j != i and (sim_np[i][j] - sim_np[i][i] + delta > 0
-                                                   or sim_np[i][j] - sim_np[j][j] + delta > 0)]
+        cand = [j for j in range(n) if j == i or videos[j] != videos[i]]
+        m = max(float(sim_np[i][j]) for j in cand) / temperature   # a constant shift
+        e = xp.exp(sim[i][np.array(cand)] / temperature - m)
+        p = xp.clip(e / xp.sum(e), 1e-6, 1 - 1e-6)   # over the candidates, in `cand` order
+        pos_terms.append(-xp.log(p[cand.index(i)]))
+        hard = [k for k, j in enumerate(cand) if j != i and (sim_np[i][j] - sim_np[i][i] + delta > 0
+                                                             or sim_np[i][j] - sim_np[j][j] + delta > 0)]
         if hard:
             neg_terms.append(xp.sum(-xp.log(1 - p[np.array(hard)])))
             num_hard += len(hard)
@@ -48,16 +55,17 @@ def random_sim(seed, scale=0.1, diag_boost=0.05):
     return s.astype(np.float32)
 
 
-def check_against_reference(sim, **kw):
-    parts = negnce_parts(jnp.asarray(sim), **kw)
-    ref_loss, ref_hard = ref_negnce(np, sim.astype(np.float64), sim, **kw)
+def check_against_reference(sim, videos=None, **kw):
+    ids = None if videos is None else jnp.asarray(videos, jnp.int32)
+    parts = negnce_parts(jnp.asarray(sim), video_ids=ids, **kw)
+    ref_loss, ref_hard = ref_negnce(np, sim.astype(np.float64), sim, videos=videos, **kw)
     np.testing.assert_allclose(float(parts["loss"]), ref_loss, rtol=1e-5, atol=1e-6)
     assert int(parts["num_hard"]) == ref_hard
-    loss, grad = jax.jit(jax.value_and_grad(lambda s: dmae_loss(s, **kw)))(jnp.asarray(sim))
-    np.testing.assert_allclose(float(loss), ref_dmae(np, sim.astype(np.float64), sim, **kw),
+    loss, grad = jax.jit(jax.value_and_grad(lambda s: dmae_loss(s, video_ids=ids, **kw)))(jnp.asarray(sim))
+    np.testing.assert_allclose(float(loss), ref_dmae(np, sim.astype(np.float64), sim, videos=videos, **kw),
                                rtol=1e-5, atol=1e-6)
     with jax.enable_x64(True):
-        ref_grad = jax.jit(jax.grad(lambda s: ref_dmae(jnp, s, sim, **kw)))(
+        ref_grad = jax.jit(jax.grad(lambda s: ref_dmae(jnp, s, sim, videos=videos, **kw)))(
             jnp.asarray(sim, jnp.float64))
     np.testing.assert_allclose(np.asarray(grad), np.asarray(ref_grad), rtol=1e-4, atol=1e-5)
     return parts
@@ -174,6 +182,56 @@ def _row_sharded_dmae(sim, row_blocks, **kw):
                   + negnce_from_sums(total(v2t), n, **lam)["loss"])
 
 
+# Pairs 0 and 3 show video 7, pairs 1, 4 and 5 video 2: five same-video pairs off the diagonal.
+DUPLICATES = [7, 2, 9, 7, 2, 2]
+
+
+def _with_confusable_duplicates(sim):
+    """The copies score like positives (above both diagonals), as a true match does."""
+    sim = sim.copy()
+    for i in range(B):
+        for j in range(B):
+            if i != j and DUPLICATES[i] == DUPLICATES[j]:
+                sim[i, j] = max(sim[i, i], sim[j, j]) + 0.02
+    return sim
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(lambda_pos=0.7, lambda_neg=1.3, delta=0.05)])
+def test_same_video_pairs_match_reference(kw):
+    """Loss and gradient with repeated videos equal the loop reference that leaves them out."""
+    check_against_reference(_with_confusable_duplicates(random_sim(0)), videos=DUPLICATES, **kw)
+
+
+def test_same_video_pairs_are_no_negatives():
+    sim = _with_confusable_duplicates(random_sim(7, scale=0.02, diag_boost=0.2))
+    ids = jnp.asarray(DUPLICATES, jnp.int32)
+    without, with_ids = negnce_parts(jnp.asarray(sim)), negnce_parts(jnp.asarray(sim), video_ids=ids)
+    # Without ids the copies are the only hard negatives (the diagonal dominates the rest).
+    assert int(without["num_hard"]) == 8 and int(with_ids["num_hard"]) == 0
+    assert float(with_ids["neg"]) == 0 and float(with_ids["pos"]) < float(without["pos"])
+    grad = jax.grad(lambda s: dmae_loss(s, video_ids=ids))(jnp.asarray(sim))
+    same = (np.asarray(DUPLICATES)[:, None] == np.asarray(DUPLICATES)[None]) & ~np.eye(B, dtype=bool)
+    assert np.all(np.isfinite(np.asarray(grad))) and np.all(np.asarray(grad)[same] == 0)
+    assert float(dmae_loss_and_parts(jnp.asarray(sim), video_ids=ids)[1]["same_video_pairs"]) == 8
+
+
+@pytest.mark.parametrize("seed", [0, 16])
+def test_distinct_videos_give_exactly_the_plain_loss(seed):
+    sim = jnp.asarray(random_sim(seed))
+    distinct = jnp.asarray([5, 3, 8, 0, 1, 9], jnp.int32)
+    # Op by op, the same arithmetic: bit for bit the same loss and gradient.
+    plain = jax.value_and_grad(dmae_loss)(sim)
+    with_ids = jax.value_and_grad(lambda s: dmae_loss(s, video_ids=distinct))(sim)
+    assert float(plain[0]) == float(with_ids[0])
+    np.testing.assert_array_equal(np.asarray(plain[1]), np.asarray(with_ids[1]))
+    # Compiled, XLA may fuse the two graphs differently: the same loss to float32 rounding.
+    plain = jax.jit(jax.value_and_grad(dmae_loss))(sim)
+    with_ids = jax.jit(jax.value_and_grad(lambda s: dmae_loss(s, video_ids=distinct)))(sim)
+    np.testing.assert_allclose(float(with_ids[0]), float(plain[0]), rtol=1e-6)
+    scale = float(jnp.abs(plain[1]).max())
+    np.testing.assert_allclose(np.asarray(with_ids[1]), np.asarray(plain[1]), rtol=1e-6, atol=1e-6 * scale)
+
+
 def test_block_sums_reassemble_the_global_loss():
     sim = jnp.asarray(random_sim(6))
     blocks = [[0, 1], [2, 3, 4], [5]]
@@ -188,3 +246,5 @@ def test_argument_validation():
         negnce_loss(jnp.zeros((3, 4)))
     with pytest.raises(ValueError, match="temperature"):
         dmae_loss(jnp.zeros((3, 3)), temperature=0.0)
+    with pytest.raises(ValueError, match="video_ids"):
+        dmae_loss(jnp.zeros((3, 3)), video_ids=jnp.zeros(4, jnp.int32))

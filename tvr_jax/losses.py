@@ -8,6 +8,9 @@ Layout, so that a row-sharded version can reuse the same arithmetic:
   caller computes its local block, ``psum``s the sums and counts and finishes with
   :func:`negnce_from_sums`. Positives are identified by global ids, never by local position.
 * :func:`negnce_parts` / :func:`negnce_loss` / :func:`dmae_loss` are the single-device forms.
+* :func:`exclude_same_video` removes the candidates that are a true match without being the
+  query's own pair (two captions of one video in a batch, docs/method.md section 3.1): they are
+  set to -inf, so they leave every denominator and can never be hard negatives.
 
 Row-sharded S (each device holds rows ``ids`` of the global B x B matrix, all columns):
   text->video: ``negnce_block_sums(S_rows, query_ids=ids, key_ids=arange(B), query_diag=diag[ids],
@@ -35,10 +38,36 @@ def _check_temperature(temperature) -> None:
         raise ValueError(f"temperature must be > 0, got {temperature!r}")
 
 
+def _check_video_ids(video_ids, size: int) -> None:
+    if tuple(video_ids.shape) != (size,) or not jnp.issubdtype(video_ids.dtype, jnp.integer):
+        raise ValueError(f"video_ids must hold one integer video id per pair, shape ({size},), got "
+                         f"{video_ids.dtype} {tuple(video_ids.shape)}")
+
+
 def _check_square(sim) -> None:
     if sim.ndim != 2 or sim.shape[0] != sim.shape[1]:
         raise ValueError("sim must be a square (B, B) similarity matrix with the matched pairs "
                          f"on its diagonal, got shape {tuple(sim.shape)}")
+
+
+def exclude_same_video(sim, *, query_ids, key_ids, query_videos, key_videos):
+    """S with S_qk = -inf where q and k are different pairs of the same video (docs/method.md 3.1).
+
+    sim (R, K) for queries ``query_ids`` (R,) and candidates ``key_ids`` (K,) (global pair ids:
+    the positive is ``query_ids == key_ids``); ``query_videos`` (R,) and ``key_videos`` (K,) the
+    pairs' video ids. Such a candidate is a true match: it is removed from the softmax's
+    denominator and from H rather than counted as a second positive, so that every query keeps
+    exactly one positive, as in the release's batches, and a batch without a repeated video gives
+    the unchanged loss. The gradient to a removed entry is zero.
+    """
+    same = (query_videos[:, None] == key_videos[None, :]) & (query_ids[:, None] != key_ids[None, :])
+    return jnp.where(same, -jnp.inf, sim)
+
+
+def count_same_video_pairs(video_ids) -> jax.Array:
+    """Ordered pairs (i, j), i != j, of one batch that share a video (float32, for the logs)."""
+    same = video_ids[:, None] == video_ids[None, :]
+    return jnp.sum(same, dtype=jnp.float32) - video_ids.shape[0]
 
 
 def negnce_query_rest(sim, *, query_log_norm, temperature=0.01):
@@ -100,16 +129,22 @@ def negnce_from_sums(sums: dict, num_queries, *, lambda_pos=1.0, lambda_neg=0.5)
     return dict(loss=lambda_pos * pos + lambda_neg * neg, pos=pos, neg=neg, num_hard=num_hard)
 
 
-def negnce_parts(sim, *, temperature=0.01, lambda_pos=1.0, lambda_neg=0.5, delta=0.0) -> dict:
+def negnce_parts(sim, *, temperature=0.01, lambda_pos=1.0, lambda_neg=0.5, delta=0.0,
+                 video_ids=None) -> dict:
     """L_NegNCE(S) of method.md section 3, one direction (rows are queries), with its parts.
 
-    sim (B, B) with the matched pairs on the diagonal. Returns dict(loss, pos, neg, num_hard).
+    sim (B, B) with the matched pairs on the diagonal. ``video_ids`` (B,), optional: the video of
+    each pair; off-diagonal pairs of one video are no candidates (:func:`exclude_same_video`).
+    Returns dict(loss, pos, neg, num_hard).
     """
     _check_square(sim)
     _check_temperature(temperature)
     sim = sim.astype(jnp.promote_types(sim.dtype, jnp.float32))
     ids = jnp.arange(sim.shape[0])
-    diag = jnp.diagonal(sim)
+    if video_ids is not None:
+        _check_video_ids(video_ids, sim.shape[0])
+        sim = exclude_same_video(sim, query_ids=ids, key_ids=ids, query_videos=video_ids, key_videos=video_ids)
+    diag = jnp.diagonal(sim)  # taken after the exclusion, which never touches it: one use of sim, one gradient path
     sums = negnce_block_sums(
         sim, query_ids=ids, key_ids=ids, query_diag=diag, key_diag=diag,
         query_log_norm=jax.nn.logsumexp(sim / temperature, axis=1),
@@ -117,30 +152,40 @@ def negnce_parts(sim, *, temperature=0.01, lambda_pos=1.0, lambda_neg=0.5, delta
     return negnce_from_sums(sums, sim.shape[0], lambda_pos=lambda_pos, lambda_neg=lambda_neg)
 
 
-def negnce_loss(sim, *, temperature=0.01, lambda_pos=1.0, lambda_neg=0.5, delta=0.0):
+def negnce_loss(sim, *, temperature=0.01, lambda_pos=1.0, lambda_neg=0.5, delta=0.0, video_ids=None):
     """L_NegNCE(S) of method.md section 3 (rows are queries); scalar."""
     return negnce_parts(sim, temperature=temperature, lambda_pos=lambda_pos,
-                        lambda_neg=lambda_neg, delta=delta)["loss"]
+                        lambda_neg=lambda_neg, delta=delta, video_ids=video_ids)["loss"]
 
 
-def dmae_loss_and_parts(sim, *, temperature=0.01, lambda_pos=1.0, lambda_neg=0.5, delta=0.0):
+def dmae_loss_and_parts(sim, *, temperature=0.01, lambda_pos=1.0, lambda_neg=0.5, delta=0.0,
+                        video_ids=None):
     """L_DMAE = 1/2 [L_NegNCE(S) + L_NegNCE(S^T)] of method.md section 3, with parts.
 
     Returns (loss, parts) with parts = {loss, t2v_loss, t2v_pos, t2v_neg, t2v_num_hard,
-    v2t_loss, v2t_pos, v2t_neg, v2t_num_hard}. lambda_neg = 0 gives CLIP4Clip's symmetric
-    InfoNCE (exactly, as long as no P_ii reaches the clamp).
+    v2t_loss, v2t_pos, v2t_neg, v2t_num_hard}, plus same_video_pairs when ``video_ids`` (B,)
+    is given (same-video pairs are then no negatives in either direction, section 3.1).
+    lambda_neg = 0 gives CLIP4Clip's symmetric InfoNCE (exactly, as long as no P_ii reaches
+    the clamp).
     """
     kw = dict(temperature=temperature, lambda_pos=lambda_pos, lambda_neg=lambda_neg, delta=delta)
+    if video_ids is not None:  # once for both directions (the mask is symmetric)
+        _check_square(sim)
+        _check_video_ids(video_ids, sim.shape[0])
+        ids = jnp.arange(sim.shape[0])
+        sim = exclude_same_video(sim, query_ids=ids, key_ids=ids, query_videos=video_ids, key_videos=video_ids)
     t2v = negnce_parts(sim, **kw)
     v2t = negnce_parts(sim.T, **kw)
     loss = 0.5 * (t2v["loss"] + v2t["loss"])
     parts = {"loss": loss}
+    if video_ids is not None:
+        parts["same_video_pairs"] = count_same_video_pairs(jnp.asarray(video_ids))
     for prefix, d in (("t2v", t2v), ("v2t", v2t)):
         parts.update({f"{prefix}_{k}": v for k, v in d.items()})
     return loss, parts
 
 
-def dmae_loss(sim, *, temperature=0.01, lambda_pos=1.0, lambda_neg=0.5, delta=0.0):
+def dmae_loss(sim, *, temperature=0.01, lambda_pos=1.0, lambda_neg=0.5, delta=0.0, video_ids=None):
     """L_DMAE = 1/2 [L_NegNCE(S) + L_NegNCE(S^T)] of method.md section 3; scalar."""
     return dmae_loss_and_parts(sim, temperature=temperature, lambda_pos=lambda_pos,
-                               lambda_neg=lambda_neg, delta=delta)[0]
+                               lambda_neg=lambda_neg, delta=delta, video_ids=video_ids)[0]

@@ -34,8 +34,9 @@ class LossConfig:
     rho: float = 0.6
     normalize_masked_text: bool = False
     # Gradient of the discrete visual masking to the text-conditioned weight predictor
-    # (tpm.mask_visual_tokens); False is the release's behaviour, where that predictor never learns.
-    visual_mask_straight_through: bool = True
+    # (tpm.mask_visual_tokens). False is the release's behaviour, where that predictor never
+    # learns; True is our improvement (an ablation row), off by default to keep the release's.
+    visual_mask_straight_through: bool = False
 
     def __post_init__(self):
         problems = []
@@ -88,11 +89,14 @@ def _combine(dmae_parts: dict, tpm_parts: dict | None, cfg: LossConfig) -> tuple
 def total_loss(features: dict, interaction: str, cfg: LossConfig) -> tuple[jax.Array, dict]:
     """L = L_DMAE(S) + lambda_tpm * L_TPM (4.4) and its logged parts, on one device.
 
-    Parts: loss, dmae (+ t2v/v2t pos, neg and num_hard), and with TPM-CL tpm, l1/l2/l3,
-    text_masked_frac, visual_masked_frac.
+    ``features["video_ids"]`` (B,), optional: each pair's video; pairs of one video are then no
+    negatives of each other (docs/method.md section 3.1). Parts: loss, dmae (+ t2v/v2t pos, neg
+    and num_hard, same_video_pairs), and with TPM-CL tpm, l1/l2/l3, text_masked_frac,
+    visual_masked_frac.
     """
     sim = similarity_matrix(features, features, interaction, cfg)
-    dmae, dparts = losses.dmae_loss_and_parts(sim, temperature=cfg.temperature, delta=cfg.delta, **_lambdas(cfg))
+    dmae, dparts = losses.dmae_loss_and_parts(sim, temperature=cfg.temperature, delta=cfg.delta,
+                                              video_ids=features.get("video_ids"), **_lambdas(cfg))
     dmae_parts = {"dmae": dmae, **{k: v for k, v in dparts.items() if k != "loss"}}
     tpm_parts = _tpm_term(features, cfg)[1] if cfg.lambda_tpm > 0 else None
     return _combine(dmae_parts, tpm_parts, cfg)
@@ -131,8 +135,9 @@ def sharded_total_loss(features: dict, interaction: str, cfg: LossConfig, mesh: 
     text->video NegNCE has whole rows locally; the video->text direction normalises each column
     across devices (a max, then a sum of exponentials, psum'd). Positives are found by global
     index, and all sums and counts are psum'd before the means: the loss and its gradients are
-    those of the global batch whatever the number of devices. TPM-CL is per matched pair, so its
-    local means are averaged (shards are equal-sized).
+    those of the global batch whatever the number of devices. Same-video pairs
+    (``features["video_ids"]``) are removed by global video id, as in `total_loss`. TPM-CL is
+    per matched pair, so its local means are averaged (shards are equal-sized).
     """
     axes = sharding.batch_axes(mesh)
 
@@ -143,6 +148,13 @@ def sharded_total_loss(features: dict, interaction: str, cfg: LossConfig, mesh: 
         b, total = sim.shape
         row_ids = shard * b + jnp.arange(b)
         col_ids = jnp.arange(total)
+        dmae_parts = {}
+        if "video_ids" in feats:
+            all_videos = jax.lax.all_gather(feats["video_ids"], axes, tiled=True)
+            sim = losses.exclude_same_video(sim, query_ids=row_ids, key_ids=col_ids, query_videos=feats["video_ids"],
+                                            key_videos=all_videos)
+            local_pairs = jnp.sum(feats["video_ids"][:, None] == all_videos[None, :], dtype=jnp.float32)
+            dmae_parts["same_video_pairs"] = jax.lax.psum(local_pairs, axes) - total  # as count_same_video_pairs
         diag_local = sim[jnp.arange(b), row_ids]
         diag = jax.lax.all_gather(diag_local, axes, tiled=True)
         scaled = sim / cfg.temperature
@@ -155,7 +167,6 @@ def sharded_total_loss(features: dict, interaction: str, cfg: LossConfig, mesh: 
         rest = jax.lax.psum(losses.negnce_query_rest(sim.T, query_log_norm=col_lse, temperature=cfg.temperature), axes)
         v2t = losses.negnce_block_sums(sim.T, query_ids=col_ids, key_ids=row_ids, query_diag=diag,
                                        key_diag=diag_local, query_log_norm=col_lse, query_rest=rest, **kw)
-        dmae_parts = {}
         for name, sums in (("t2v", t2v), ("v2t", v2t)):
             d = losses.negnce_from_sums(jax.lax.psum(sums, axes), total, **_lambdas(cfg))
             dmae_parts.update({f"{name}_{k}": v for k, v in d.items()})
@@ -167,8 +178,10 @@ def sharded_total_loss(features: dict, interaction: str, cfg: LossConfig, mesh: 
     return jax.shard_map(local, mesh=mesh, in_specs=(spec,), out_specs=P())(features)
 
 
-def model_loss(model, params: dict, batch: tuple, cfg: LossConfig) -> tuple[jax.Array, dict]:
+def model_loss(model, params: dict, batch: tuple, cfg: LossConfig, video_ids=None) -> tuple[jax.Array, dict]:
     """Features of `RetrievalModel` for a batch (video, video_mask, text_ids, text_mask,
-    word_weights) of matched pairs, then `total_loss`."""
+    word_weights) of matched pairs, then `total_loss`; ``video_ids`` (B,) as in `total_loss`."""
     features = model.apply({"params": params}, *batch, rho=cfg.rho, straight_through=cfg.visual_mask_straight_through)
+    if video_ids is not None:
+        features = {**features, "video_ids": jnp.asarray(video_ids)}
     return total_loss(features, model.config.interaction, cfg)
