@@ -2,7 +2,7 @@
 
 Dataset x backbone files derive from `base_config()` and change what differs. Fields:
   seed, data_dir, dataset, global_batch_size, total_steps, log_every, checkpoint_every,
-  keep_checkpoints, mesh_shape, accumulation_steps, init_checkpoint,
+  keep_checkpoints, eval_every, mesh_shape, accumulation_steps, init_checkpoint,
   model.*  (RetrievalConfig + the CLIP preset and compute switches),
   loss.*   (LossConfig: similarity and loss switches),
   optim.*  (optax recipe), data.* (input pipeline), eval.*.
@@ -23,6 +23,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.log_every = 50
     c.checkpoint_every = 500
     c.keep_checkpoints = 2
+    # Validation on the 'val' split every N steps (each validated step is checkpointed), when the set
+    # has one besides the evaluated split; the best checkpoint is kept besides the newest ones and
+    # evaluated by default (docs/method.md section 5.2). 0 = off.
+    c.eval_every = 500
     c.mesh_shape = (-1, 1)  # ('data', 'fsdp'); -1 = all remaining devices
     c.accumulation_steps = 1  # micro-batches per step (gradient caching keeps global negatives)
     # CLIP weights (HF folder, OpenAI .pt, converted folder); "" = random init. The paper's
@@ -41,7 +45,7 @@ def base_config() -> ml_collections.ConfigDict:
         visual_attention=True, textual_attention=True, gamma=0.5, block_size=64,
         temperature=0.01, lambda_pos=1.0, lambda_neg=0.5, delta=0.0,
         lambda_tpm=1.0, partial_type=4, margin=0.6, rho=0.6, normalize_masked_text=False,
-        visual_mask_straight_through=True,
+        visual_mask_straight_through=False,  # True: our gradient to the visual weight predictor
     ))
     c.optim = ml_collections.ConfigDict(dict(
         learning_rate=1e-4, clip_lr_coef=1e-3, warmup_fraction=0.1, weight_decay=0.2,
@@ -50,6 +54,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict(dict(
         random_crop=False, random_flip=False,
         caption_sampling="random",  # training rows: "random" (one caption per video per epoch) or "all"
+        # Word-weight tagger the prepared set must have used ("spacy:<model>" or "fallback"); training
+        # warns when it differs. The release's: spaCy en_core_web_md (docs/method.md section 6.1).
+        tagger="spacy:en_core_web_md",
+        # Training frames: "uniform" (linspace, as in testing: CLIP4Clip and the paper) or
+        # "random_segment" (one random frame per segment, an augmentation); docs/method.md section 5.1.
+        frame_sampling="uniform",
     ))
     c.eval = ml_collections.ConfigDict(dict(split="test", batch_size=64, block_size=64))
     return c
@@ -91,4 +101,5 @@ def dataset_config(dataset: str, backbone: str, arg: str | None = None) -> ml_co
         c.model.temporal_layers = 1
         c.global_batch_size, c.total_steps, c.log_every, c.checkpoint_every = 8, 2, 1, 2
         c.eval.batch_size = 8
+    c.eval_every = c.checkpoint_every  # validation once per epoch
     return c

@@ -62,3 +62,34 @@ def test_recall_curve_agrees_with_metrics_and_png(tmp_path):
     assert curve["K"][-1] == 12 and curve["t2v"][-1] == 100.0
     evaluate.write_recall_curve(sim, caption_video, str(tmp_path / "r.png"))
     assert Image.open(tmp_path / "r.png").size == (640, 400)
+
+
+def test_select_checkpoint_reads_the_training_record(tmp_path, monkeypatch):
+    """The best validation score saved with the checkpoints (ties to the later step), never
+    re-scored; the last checkpoint without a record or when 'val' is the evaluated split."""
+    from configs.base import base_config
+    from tvr_jax import train
+
+    record = {10: {"val_score": 5.0}, 20: {"val_score": 9.0}, 30: {"val_score": 9.0}, 40: None}
+
+    class Manager:
+        def all_steps(self):
+            return list(record)
+
+        def metrics(self, step):
+            return record[step]
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(train, "checkpoint_manager", lambda workdir, keep: Manager())
+    monkeypatch.setattr(train, "restore_params", lambda *a: pytest.fail("selection re-scores nothing"))
+    cfg = base_config()
+    step, why = evaluate.select_checkpoint(cfg, str(tmp_path))
+    assert step == 30 and "step 20: 9.00" in why and "newest checkpoint: step 40" in why
+    assert "docs/method.md section 5.2" in why
+    cfg.eval.split = "val"
+    assert evaluate.select_checkpoint(cfg, str(tmp_path))[0] == 40
+    cfg.eval.split = "test"
+    record.update({10: None, 20: None, 30: None})
+    assert evaluate.select_checkpoint(cfg, str(tmp_path)) == (40, "last checkpoint (no validation recorded during training)")

@@ -47,7 +47,12 @@ def random_batch(position: int, size: int = 32):
         video_mask=np.arange(T)[None] < rng.integers(1, T + 1, B)[:, None],
         text_ids=ids, text_mask=ids > 0,
         word_weights=((ids > 0) * rng.integers(1, 3, (B, L))).astype(np.float32),
+        video_index=REPEATED_VIDEOS,
     )
+
+
+# Rows 0 and 5, 3 and 7 are captions of one video (on different shards from 2 devices up).
+REPEATED_VIDEOS = np.array([0, 1, 2, 3, 4, 0, 6, 3], np.int32)
 
 
 def make_batches(data_state, model_config=None):
@@ -105,6 +110,24 @@ def test_loss_and_gradients_equal_single_device(reference, devices, fsdp, accumu
     np.testing.assert_allclose(out["loss"], reference["loss"], rtol=1e-5)
     assert float(reference["parts"]["t2v_num_hard"]) == float(out["parts"]["t2v_num_hard"])
     _assert_tree_close(out["grads"], reference["grads"], 1e-5 if accumulation == 1 else 2e-5)
+
+
+def test_video_ids_reach_the_loss(reference):
+    """The step's loss is `objective.model_loss` with the batch's video ids (docs/method.md 3.1:
+    tested against a loop reference in tests/test_losses.py), not the loss without them."""
+    from tvr_jax.objective import model_loss
+
+    cfg = tiny_config()
+    model, _ = train.build_model(cfg)
+    batch = random_batch(0)
+    inputs = tuple(batch[k] for k in train.MODEL_INPUTS)
+    state, _ = train.create_train_state(cfg, model, make_optimizer(cfg.optim, cfg.total_steps), _mesh(1))
+    params = state.params  # the reference's parameters before its step (same seed)
+    with_ids = model_loss(model, params, inputs, train.loss_config(cfg), video_ids=batch["video_index"])[1]
+    without = model_loss(model, params, inputs, train.loss_config(cfg))[1]
+    np.testing.assert_allclose(reference["loss"], float(with_ids["loss"]), rtol=1e-5)
+    assert float(reference["parts"]["same_video_pairs"]) == 4
+    assert abs(float(with_ids["loss"]) - float(without["loss"])) > 1e-4
 
 
 def test_fsdp_step_equals_single_device_and_keeps_shardings(reference):
@@ -188,3 +211,80 @@ def test_sigterm_saves_and_exits(tmp_path):
     assert manager.latest_step() == 2
     manager.close()
     assert [m["step"] for m in _read_metrics(tmp_path)] == [2]
+
+
+def _scripted_validation(monkeypatch, scores, mesh):
+    """Validation on: the set 'has' a val split and each call returns the next scripted score
+    (as t2v R@1 = v2t R@1 = score / 2), after checking it got the training params in memory."""
+    from tvr_jax import evaluate
+
+    monkeypatch.setattr(evaluate, "_has_split", lambda cfg, split: split == "val")
+    scores = list(scores)
+
+    def validator(cfg, model, mesh_):
+        assert mesh_ is mesh
+
+        def validate(params):
+            leaf = jax.tree.leaves(params)[0]
+            assert isinstance(leaf, jax.Array) and leaf.sharding.mesh == mesh  # on device, as in training
+            s = scores.pop(0)
+            return {"val_t2v_R@1": s / 2, "val_v2t_R@1": s / 2, "val_score": s}
+        return validate
+    monkeypatch.setattr(evaluate, "validator", validator)
+    return scores
+
+
+def test_best_validation_checkpoint_is_kept_reported_and_not_resumed_from(tmp_path, monkeypatch):
+    """Validated at steps 2, 4, 6 with scores 30, 10, 20; saved at 2, 3, 4, 6 (eval_every 2,
+    checkpoint_every 3), keep 2: step 2, the best, stays besides the newest two (4, 6) and is
+    what eval reports; a run killed after step 4 resumes from 4, not from the best, exactly."""
+    from tvr_jax import evaluate
+
+    mesh = _mesh(2)
+    cfg = tiny_config(eval_every=2, data_dir=str(tmp_path / "data"))
+    left = _scripted_validation(monkeypatch, [30.0, 10.0, 20.0], mesh)
+    full = train.train(cfg, str(tmp_path / "full"), make_batches, mesh=mesh)
+    assert left == []
+
+    _scripted_validation(monkeypatch, [30.0, 10.0], mesh)
+    train.train(cfg, str(tmp_path / "killed"), make_batches, mesh=mesh, stop_after=4)
+    manager = train.checkpoint_manager(str(tmp_path / "killed"), 2)
+    assert manager.all_steps() == [2, 3, 4]  # 2 kept as the best so far
+    manager.close()
+    _scripted_validation(monkeypatch, [20.0], mesh)
+    resumed = train.train(cfg, str(tmp_path / "killed"), make_batches, mesh=mesh)
+    _assert_tree_close(jax.device_get(resumed.params), jax.device_get(full.params), 1e-6)
+
+    for run in ("full", "killed"):
+        manager = train.checkpoint_manager(str(tmp_path / run), 2)
+        assert manager.all_steps() == [2, 4, 6] and manager.latest_step() == 6
+        manager.close()
+        step, why = evaluate.select_checkpoint(cfg, str(tmp_path / run))
+        assert step == 2 and "best validation score" in why and "newest checkpoint: step 6" in why, why
+        records = _read_metrics(tmp_path / run)
+        val = [(m["step"], m["val_score"]) for m in records if "val_score" in m]
+        assert val == [(2, 30.0), (4, 10.0), (6, 20.0)]
+        assert [m["step"] for m in records if "loss" in m] == [2, 4, 6]
+        assert {"val_t2v_R@1", "val_v2t_R@1"} <= set(next(m for m in records if "val_score" in m))
+    losses = [[m["loss"] for m in _read_metrics(tmp_path / run) if "loss" in m] for run in ("full", "killed")]
+    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-6)
+
+
+@pytest.mark.parametrize("override,why", [
+    (dict(eval_every=0), "eval_every=0"),
+    (dict(**{"eval.split": "val"}), "evaluated one"),
+    (dict(data_dir=""), "data_dir is empty"),
+])
+def test_validation_off(override, why, monkeypatch, caplog):
+    from tvr_jax import evaluate
+
+    monkeypatch.setattr(evaluate, "_has_split", lambda cfg, split: True)
+    monkeypatch.setattr(evaluate, "validator", lambda *a: pytest.fail("validation is off"))
+    cfg = tiny_config(**{"eval_every": 2, "data_dir": "prepared", **override})
+    with caplog.at_level("INFO", logger="tvr_jax.train"):
+        assert train._validator(cfg, None, None) is None
+    assert [r.getMessage() for r in caplog.records if why in r.getMessage()]
+    monkeypatch.setattr(evaluate, "_has_split", lambda cfg, split: split != "val")  # e.g. the synthetic set
+    assert "no 'val' split" in evaluate.validation_off(tiny_config(eval_every=2, data_dir="prepared"))
+    with pytest.raises(ValueError, match="eval_every=-1"):
+        evaluate.validation_off(tiny_config(eval_every=-1))

@@ -234,7 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate a trained checkpoint in the paper's protocol")
     _add_config_arguments(p)
-    p.add_argument("--checkpoint", type=int, default=None, help="step to evaluate (default: the newest)")
+    p.add_argument("--checkpoint", type=int, default=None,
+                   help="step to evaluate (default: the best on validation during training, else the newest)")
     p.add_argument("--zero-shot", action="store_true", help="evaluate --config.init_checkpoint's CLIP untrained (meanP, cosine)")
     p.set_defaults(fn=_eval)
 
@@ -248,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_arguments(p)
     p.add_argument("--split", required=True)
     p.add_argument("--out", required=True, help="index folder (must not hold an index yet)")
-    p.add_argument("--checkpoint", type=int, default=None, help="step (default: the newest)")
+    p.add_argument("--checkpoint", type=int, default=None, help="step (default: the one eval reports: the best on validation, else the newest)")
     p.set_defaults(fn=_export)
 
     p = sub.add_parser("search", help="rank indexed videos for a free-text query")

@@ -44,9 +44,11 @@ def encoder(model: RetrievalModel, mesh: Mesh, kind: str) -> tuple[Callable, tup
     return jax.jit(lambda p, b: {k: v for k, v in fn(p, b).items() if k in keys}, out_shardings=in_sharding), inputs
 
 
-def encode(model: RetrievalModel, params: dict, batches: Iterable[dict], mesh: Mesh, kind: str) -> dict[str, np.ndarray]:
-    """Features of every valid row of `batches` ("videos" or "captions"), gathered on the host."""
-    step, inputs = encoder(model, mesh, kind)
+def encode(model: RetrievalModel, params: dict, batches: Iterable[dict], mesh: Mesh, kind: str,
+           compiled: tuple[Callable, tuple[str, ...]] | None = None) -> dict[str, np.ndarray]:
+    """Features of every valid row of `batches` ("videos" or "captions"), gathered on the host.
+    `compiled`: `encoder(model, mesh, kind)` built once by a caller that encodes repeatedly."""
+    step, inputs = compiled or encoder(model, mesh, kind)
     in_sharding = sharding.batch_sharding(mesh)
     chunks: dict[str, list[np.ndarray]] = {}
     for batch in batches:
@@ -63,15 +65,23 @@ def encode(model: RetrievalModel, params: dict, batches: Iterable[dict], mesh: M
 def score(texts: dict, videos: dict, interaction: str, cfg: LossConfig, mesh: Mesh) -> np.ndarray:
     """S (num_texts, num_videos) with `dmae_similarity`: texts split over the mesh, videos on
     every device; each device runs the blockwise loop over all videos for its rows."""
+    return scorer(interaction, cfg, mesh)(texts, videos)
+
+
+def scorer(interaction: str, cfg: LossConfig, mesh: Mesh) -> Callable[[dict, dict], np.ndarray]:
+    """`score` with its program built once: calls on same-sized inputs compile nothing new."""
     axes = sharding.batch_axes(mesh)
     shards = sharding.num_batch_shards(mesh)
-    n = len(texts["t_cls"])
-    pad = -n % shards  # repeat the first rows; their scores are cut off below
-    texts = {k: jnp.asarray(np.concatenate([v, v[:pad]]) if pad else v) for k, v in texts.items() if k in TEXT_KEYS}
-    videos = {k: jnp.asarray(v) for k, v in videos.items() if k in VIDEO_KEYS}
     local = lambda t, v: similarity_matrix(t, v, interaction, cfg)
     fn = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P(axes), P()), out_specs=P(axes)))
-    return np.asarray(jax.device_get(fn(texts, videos)))[:n]
+
+    def run(texts: dict, videos: dict) -> np.ndarray:
+        n = len(texts["t_cls"])
+        pad = -n % shards  # repeat the first rows; their scores are cut off below
+        texts = {k: jnp.asarray(np.concatenate([v, v[:pad]]) if pad else v) for k, v in texts.items() if k in TEXT_KEYS}
+        videos = {k: jnp.asarray(v) for k, v in videos.items() if k in VIDEO_KEYS}
+        return np.asarray(jax.device_get(fn(texts, videos)))[:n]
+    return run
 
 
 def retrieval_report(sim: np.ndarray, caption_video_index: np.ndarray) -> dict[str, Any]:
@@ -115,43 +125,79 @@ def evaluate_checkpoint(cfg, workdir: str, step: int | None = None, *, mesh: Mes
     """Evaluate a checkpoint of `workdir` on `cfg.eval.split`; writes WORKDIR/eval/.
 
     Model selection never looks at the test split. With `step` given, that checkpoint is
-    reported. Otherwise, if the set has a 'val' split other than the evaluated one, every kept
-    checkpoint is scored on it and the best (t2v R@1 + v2t R@1; ties to the later step) is
-    reported; without one, the last checkpoint. The report says which rule chose it.
+    reported; otherwise the one `select_checkpoint` names. The report says which rule chose it.
     """
     from tvr_jax import train as train_lib
 
     mesh = mesh or sharding.make_mesh(tuple(cfg.mesh_shape))
     selection = f"step {step} as asked"
     if step is None:
-        step, selection = select_checkpoint(cfg, workdir, mesh)
+        step, selection = select_checkpoint(cfg, workdir)
     model, params, trained_step = train_lib.restore_params(cfg, workdir, step, mesh)
     checkpoint = {"step": trained_step, "selection": selection, "note": "no model selection on the test split"}
     return _evaluate_params(cfg, model, params, mesh, workdir, checkpoint, f"step {trained_step}")
 
 
-def select_checkpoint(cfg, workdir: str, mesh: Mesh) -> tuple[int, str]:
-    """(step, why): the best kept checkpoint on the validation split, or the last one."""
+# Validation during training and model selection (docs/method.md section 5.2): every
+# `eval_every` steps the params in memory are scored on the 'val' split (raw similarity),
+# VAL_SCORE = t2v R@1 + v2t R@1 is saved with that step's checkpoint, and the checkpoint
+# manager keeps the best one besides the newest. Never on the evaluated split, so never on test.
+VALIDATION_SPLIT = "val"
+VAL_SCORE = "val_score"
+
+
+def validation_off(cfg) -> str | None:
+    """Why `cfg` runs no validation during training, or None when it does."""
+    every = cfg.get("eval_every", 0)  # configs from before the field: off
+    if not isinstance(every, int) or every < 0:
+        raise ValueError(f"invalid config: eval_every={every!r} must be an integer >= 0 (0 = no validation)")
+    if every == 0:
+        return "eval_every=0"
+    if cfg.eval.split == VALIDATION_SPLIT:
+        return f"the '{VALIDATION_SPLIT}' split is the evaluated one (eval.split)"
+    if not cfg.data_dir:
+        return "no prepared dataset (data_dir is empty)"
+    if not _has_split(cfg, VALIDATION_SPLIT):
+        return f"the prepared {cfg.dataset} set has no '{VALIDATION_SPLIT}' split"
+    return None
+
+
+def validator(cfg, model: RetrievalModel, mesh: Mesh) -> Callable[[Any], dict[str, float]]:
+    """fn(params) -> {val_t2v_R@1, val_v2t_R@1, val_score} on the validation split, raw similarity.
+    Built once: later calls compile nothing new; params are used where (and as sharded as) they are."""
+    run = split_scorer(cfg, model, mesh, VALIDATION_SPLIT)
+
+    def validate(params) -> dict[str, float]:
+        sim, texts, _, _ = run(params)
+        raw = metrics_lib.multi_caption_metrics(sim, texts["video_index"])
+        t2v, v2t = float(raw["t2v"]["R@1"]), float(raw["v2t"]["R@1"])
+        return {"val_t2v_R@1": t2v, "val_v2t_R@1": v2t, VAL_SCORE: t2v + v2t}
+    return validate
+
+
+def select_checkpoint(cfg, workdir: str) -> tuple[int, str]:
+    """(step, why): the checkpoint with the best validation score recorded during training (ties
+    to the later step), or the last checkpoint when none was recorded. Nothing is re-scored here:
+    runs trained before validation during training get their last checkpoint (or --checkpoint)."""
     from tvr_jax import train as train_lib
 
     manager = train_lib.checkpoint_manager(workdir, cfg.keep_checkpoints)
     try:
         steps = sorted(manager.all_steps())
+        recorded = {s: m[VAL_SCORE] for s in steps if isinstance(m := manager.metrics(s), dict) and VAL_SCORE in m}
     finally:
         manager.close()
     if not steps:
         raise FileNotFoundError(f"{workdir}/checkpoints holds no checkpoint: train first (tvr-jax train)")
-    if cfg.eval.split == "val" or not _has_split(cfg, "val"):
-        return steps[-1], "last checkpoint (no separate validation split)"
-    if len(steps) == 1:
-        return steps[-1], "the only kept checkpoint"
-    scores = {}
-    for s in steps:
-        model, params, _ = train_lib.restore_params(cfg, workdir, s, mesh)
-        report = _score_split(cfg, model, params, mesh, "val")[0]
-        scores[s] = report["t2v"]["R@1"] + report["v2t"]["R@1"]
-    best = max(steps, key=lambda s: (scores[s], s))
-    return best, f"best validation t2v R@1 + v2t R@1 among kept checkpoints {scores}"
+    if cfg.eval.split == VALIDATION_SPLIT:
+        return steps[-1], f"last checkpoint (the '{VALIDATION_SPLIT}' split is the evaluated one: no model selection on it)"
+    if not recorded:
+        return steps[-1], "last checkpoint (no validation recorded during training)"
+    best = max(recorded, key=lambda s: (recorded[s], s))
+    scores = ", ".join(f"step {s}: {v:.2f}" for s, v in sorted(recorded.items()))
+    return best, (f"best validation score during training (t2v R@1 + v2t R@1 on '{VALIDATION_SPLIT}', raw "
+                  f"similarity; docs/method.md section 5.2) among kept validated checkpoints ({scores}); "
+                  f"newest checkpoint: step {steps[-1]}")
 
 
 def _has_split(cfg, split: str) -> bool:
@@ -187,17 +233,28 @@ def evaluate_zero_shot(cfg, workdir: str, *, mesh: Mesh | None = None) -> dict[s
 
 def _score_split(cfg, model: RetrievalModel, params, mesh: Mesh, split: str):
     """(report, sim, texts, videos, video stream) of one split: every text against every video."""
+    sim, texts, videos, video_stream = split_scorer(cfg, model, mesh, split)(params)
+    return retrieval_report(sim, texts["video_index"]), sim, texts, videos, video_stream
+
+
+def split_scorer(cfg, model: RetrievalModel, mesh: Mesh, split: str) -> Callable:
+    """fn(params) -> (sim, texts, videos, video stream) of `split`; the encoders and the scorer
+    are compiled once, so scoring again (validation during training) compiles nothing new."""
     from tvr_jax import train as train_lib
 
     if cfg.eval.batch_size % sharding.num_batch_shards(mesh):
         raise ValueError(f"eval.batch_size={cfg.eval.batch_size} must be divisible by the {sharding.num_batch_shards(mesh)} batch shards")
     lcfg = dataclasses.replace(train_lib.loss_config(cfg), block_size=cfg.eval.block_size)
-    streams = {kind: train_lib.dataset_input(cfg, split, False, model.config, cfg.eval.batch_size, eval_rows=kind)
-               for kind in ("videos", "captions")}
-    videos = encode(model, params, streams["videos"], mesh, "videos")
-    texts = encode(model, params, streams["captions"], mesh, "captions")
-    sim = score(texts, videos, model.config.interaction, lcfg, mesh)
-    return retrieval_report(sim, texts["video_index"]), sim, texts, videos, streams["videos"]
+    encoders = {kind: encoder(model, mesh, kind) for kind in ("videos", "captions")}
+    sim_fn = scorer(model.config.interaction, lcfg, mesh)
+
+    def run(params):
+        streams = {kind: train_lib.dataset_input(cfg, split, False, model.config, cfg.eval.batch_size, eval_rows=kind)
+                   for kind in ("videos", "captions")}  # one pass each: fresh every call
+        videos = encode(model, params, streams["videos"], mesh, "videos", encoders["videos"])
+        texts = encode(model, params, streams["captions"], mesh, "captions", encoders["captions"])
+        return sim_fn(texts, videos), texts, videos, streams["videos"]
+    return run
 
 
 def _evaluate_params(cfg, model: RetrievalModel, params, mesh: Mesh, workdir: str, checkpoint: dict, what: str) -> dict:

@@ -38,12 +38,16 @@ def _save_npy(path: str, array: np.ndarray) -> None:
 
 
 def export_index(cfg, workdir: str, out_dir: str, split: str, step: int | None = None) -> dict[str, Any]:
-    """Encode every video and caption of `split` with the checkpoint of `workdir`; write the index."""
+    """Encode every video and caption of `split` with a checkpoint of `workdir` (default: the one
+    `tvr-jax eval` reports, see `evaluate.select_checkpoint`); write the index."""
     from data_pipeline.word_weights import tagger_spec_of
     from tvr_jax import evaluate, train
 
     if os.path.exists(os.path.join(out_dir, "manifest.json")):
         raise FileExistsError(f"{out_dir} already holds an index; choose another --out or delete it")
+    selection = f"step {step} as asked"
+    if step is None:  # the checkpoint `tvr-jax eval` reports: the best on validation, else the newest
+        step, selection = evaluate.select_checkpoint(cfg, workdir)
     model, params, trained_step = train.restore_params(cfg, workdir, step)
     mesh = sharding.make_mesh(tuple(cfg.mesh_shape))
     streams = {kind: train.dataset_input(cfg, split, False, model.config, cfg.eval.batch_size, eval_rows=kind)
@@ -64,7 +68,7 @@ def export_index(cfg, workdir: str, out_dir: str, split: str, step: int | None =
     manifest = {"format": INDEX_FORMAT, "dataset": cfg.dataset, "split": split, "num_videos": len(video_ids),
                 "num_captions": int(len(texts["video_index"])), "arrays": arrays,
                 "tagger": tagger_spec_of(streams["videos"].metadata),
-                "run": {"workdir": os.path.abspath(workdir), "step": trained_step, "config": json.loads(cfg.to_json_best_effort())}}
+                "run": {"workdir": os.path.abspath(workdir), "step": trained_step, "selection": selection, "config": json.loads(cfg.to_json_best_effort())}}
     for name, content in (("video_ids.json", video_ids), ("manifest.json", manifest)):
         tmp = os.path.join(out_dir, name + ".tmp")
         with open(tmp, "w") as f:

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from data_pipeline.video import FRAME_SAMPLINGS
 from tvr_jax import sharding
 from tvr_jax.models import clip_weights  # not tvr_jax.clip: its tokenizer (ftfy) is no training dependency
 from tvr_jax.models.clip import PRESETS
@@ -29,7 +30,10 @@ from tvr_jax.objective import LossConfig, sharded_total_loss
 from tvr_jax.optim import make_optimizer
 
 log = logging.getLogger("tvr_jax.train")
-BATCH_KEYS = ("video", "video_mask", "text_ids", "text_mask", "word_weights")
+MODEL_INPUTS = ("video", "video_mask", "text_ids", "text_mask", "word_weights")  # RetrievalModel.__call__'s
+# A training batch: the model's inputs and each pair's video, so that two captions of one video are
+# never negatives of each other (docs/method.md section 3.1).
+BATCH_KEYS = MODEL_INPUTS + ("video_index",)
 
 
 # ==============================================================================================
@@ -58,6 +62,8 @@ def validate_config(cfg) -> None:
         problems.append(f"model.clip_preset={cfg.model.clip_preset!r} (allowed: {sorted(PRESETS)})")
     if cfg.data.caption_sampling not in ("random", "all"):
         problems.append(f"data.caption_sampling={cfg.data.caption_sampling!r} (allowed: 'random', 'all')")
+    if cfg.data.frame_sampling not in FRAME_SAMPLINGS:
+        problems.append(f"data.frame_sampling={cfg.data.frame_sampling!r} (allowed: {FRAME_SAMPLINGS})")
     if cfg.eval.batch_size < 1 or cfg.eval.block_size < 1:
         problems.append(f"eval.batch_size={cfg.eval.batch_size} and eval.block_size={cfg.eval.block_size} must be >= 1")
     if problems:
@@ -155,8 +161,11 @@ def make_loss_and_grads(model: RetrievalModel, lcfg: LossConfig, mesh: Mesh, acc
     """
     n_shards = sharding.num_batch_shards(mesh)
     batch_spec = NamedSharding(mesh, P(sharding.batch_axes(mesh)))
-    forward = lambda params, batch: model.apply({"params": params}, *(batch[k] for k in BATCH_KEYS), rho=lcfg.rho,
-                                                straight_through=lcfg.visual_mask_straight_through)
+    def forward(params, batch):
+        features = model.apply({"params": params}, *(batch[k] for k in MODEL_INPUTS), rho=lcfg.rho,
+                               straight_through=lcfg.visual_mask_straight_through)
+        return {**features, "video_ids": batch["video_index"]}
+
     loss_of_features = lambda feats: sharded_total_loss(feats, model.config.interaction, lcfg, mesh)
 
     if accumulation_steps == 1:
@@ -217,20 +226,35 @@ def make_train_step(model: RetrievalModel, lcfg: LossConfig, optimizer: optax.Gr
 
 
 # ==============================================================================================
-# 3. Checkpoints (orbax): state + input position, atomic, keep-N, resumable
+# 3. Checkpoints (orbax): state + input position, atomic, keep-N + best on validation, resumable
 # ==============================================================================================
 def checkpoint_manager(workdir: str, keep: int):
+    """Keeps the newest `keep` checkpoints (resume starts from the newest) and, besides them, the
+    one with the best validation score (docs/method.md section 5.2). The score is orbax metrics
+    inside its checkpoint, committed atomically with it, and an old step is deleted only after
+    the new one is committed: no crash can lose the best. Ties keep the later step."""
     import orbax.checkpoint as ocp
+    from orbax.checkpoint import checkpoint_managers as policies
 
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=True)
+    from tvr_jax.evaluate import VAL_SCORE
+
+    val_score = lambda metrics: float(metrics.get(VAL_SCORE, -math.inf))
+    keep_policy = policies.AnyPreservationPolicy([
+        policies.LatestN(n=keep),
+        policies.BestN(get_metric_fn=val_score, n=1, keep_checkpoints_without_metrics=False)])
+    # best_fn makes orbax write the metrics; the preservation policy alone decides what is kept.
+    options = ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=True, best_fn=val_score,
+                                           best_mode="max", preservation_policy=keep_policy)
     return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")), options=options,
                                  item_names=("state", "data"))
 
 
-def save_checkpoint(manager, state: TrainState, data_state: dict) -> None:
+def save_checkpoint(manager, state: TrainState, data_state: dict, validation: dict[str, float] | None = None) -> None:
+    """`validation`: this step's validation metrics, saved with it (None: not validated)."""
     import orbax.checkpoint as ocp
 
-    manager.save(int(jax.device_get(state.step)),
+    # An empty record, not None: orbax warns on every save without metrics; it ranks below any score.
+    manager.save(int(jax.device_get(state.step)), metrics=validation or {},
                  args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)))
 
 
@@ -264,8 +288,9 @@ def restore_params(cfg, workdir: str, step: int | None = None, mesh: Mesh | None
 # 4. Logs: console, metrics.jsonl, TensorBoard
 # ==============================================================================================
 class MetricLogger:
-    """One JSON object per logged step in WORKDIR/metrics.jsonl (appended, flushed), TensorBoard
-    scalars in WORKDIR/tensorboard, and a console line."""
+    """One JSON object per write in WORKDIR/metrics.jsonl (appended, flushed): training metrics
+    every `log_every` steps, validation metrics (val_*) every `eval_every` steps, each with its
+    step; the same as TensorBoard scalars in WORKDIR/tensorboard."""
 
     def __init__(self, workdir: str, resume_step: int):
         os.makedirs(workdir, exist_ok=True)
@@ -331,7 +356,7 @@ def dataset_input(cfg, split: str, training: bool, model_config: RetrievalConfig
                             num_frames=model_config.max_frames, max_words=model_config.max_words,
                             image_size=model_config.clip.image_size, random_crop=cfg.data.random_crop and training,
                             random_flip=cfg.data.random_flip and training, seed=cfg.seed,
-                            caption_sampling=cfg.data.caption_sampling, **kw)
+                            caption_sampling=cfg.data.caption_sampling, frame_sampling=cfg.data.frame_sampling, **kw)
     return VideoTextInput(dataset_dir(cfg.data_dir, cfg.dataset), input_cfg)
 
 
@@ -355,6 +380,11 @@ def train(cfg, workdir: str, make_batches: MakeBatches, *, mesh: Mesh | None = N
     SIGTERM saves and exits.
     """
     validate_config(cfg)
+    if cfg.data_dir:  # word weights from another tagger than data.tagger change the method: say so loudly
+        from data_pipeline.prepare import tagger_warning
+
+        if warning := tagger_warning(cfg.data_dir, cfg.dataset, cfg.data.get("tagger", "spacy:en_core_web_md")):
+            log.warning(warning)
     mesh = mesh or sharding.make_mesh(tuple(cfg.mesh_shape))
     if cfg.global_batch_size % (sharding.num_batch_shards(mesh) * cfg.accumulation_steps):
         raise ValueError(f"global_batch_size={cfg.global_batch_size} must be divisible by the batch shards "
@@ -362,6 +392,7 @@ def train(cfg, workdir: str, make_batches: MakeBatches, *, mesh: Mesh | None = N
     model, clip_params = build_model(cfg)
     lcfg = loss_config(cfg)
     optimizer = make_optimizer(cfg.optim, cfg.total_steps)
+    validate = _validator(cfg, model, mesh)
     state, shardings = create_train_state(cfg, model, optimizer, mesh, clip_params)
     manager = checkpoint_manager(workdir, cfg.keep_checkpoints)
     data_state = None
@@ -381,6 +412,9 @@ def train(cfg, workdir: str, make_batches: MakeBatches, *, mesh: Mesh | None = N
         for done, step in enumerate(range(start, cfg.total_steps)):
             batch = next(batches)
             # Each host holds its rows of the global batch; assemble the global array.
+            missing = [k for k in BATCH_KEYS if k not in batch]
+            if missing:
+                raise KeyError(f"training batch lacks {missing}; make_batches must yield {BATCH_KEYS}")
             batch = {k: jax.make_array_from_process_local_data(batch_sharding, batch[k]) for k in BATCH_KEYS}
             state, metrics = step_fn(state, batch)
             names = sorted(metrics)  # the order of the non-finite bitmask
@@ -397,9 +431,20 @@ def train(cfg, workdir: str, make_batches: MakeBatches, *, mesh: Mesh | None = N
                 log.info("step %d/%d loss %.4f (dmae %.4f%s) %.1f clips/s ETA %.0fs", step + 1, cfg.total_steps,
                          metrics["loss"], metrics["dmae"], f", tpm {metrics['tpm']:.4f}" if "tpm" in metrics else "",
                          metrics["clips_per_s"], eta)
-            if (step + 1) % cfg.checkpoint_every == 0 or last or stop["signal"]:
+            # Validated steps are checkpointed, so the best one can be kept. Not on SIGTERM: leave fast.
+            validate_now = validate is not None and not stop["signal"] and (
+                (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.total_steps)
+            if (step + 1) % cfg.checkpoint_every == 0 or last or stop["signal"] or validate_now:
                 _check_finite(state, names)
-                save_checkpoint(manager, state, get_data_state())
+                validation = None
+                if validate_now:
+                    t_val = time.perf_counter()
+                    validation = validate(state.params)  # the params in memory; state and input untouched
+                    t_last += time.perf_counter() - t_val  # clips_per_s counts training time only
+                    logger.write(step + 1, validation)
+                    log.info("step %d validation: t2v R@1 %.2f, v2t R@1 %.2f", step + 1,
+                             validation["val_t2v_R@1"], validation["val_v2t_R@1"])
+                save_checkpoint(manager, state, get_data_state(), validation)
             if last or stop["signal"]:
                 break
     finally:
@@ -408,6 +453,20 @@ def train(cfg, workdir: str, make_batches: MakeBatches, *, mesh: Mesh | None = N
         logger.close()
         signal.signal(signal.SIGTERM, previous)
     return state
+
+
+def _validator(cfg, model: RetrievalModel, mesh: Mesh) -> Callable | None:
+    """fn(params) -> validation metrics every `eval_every` steps (docs/method.md section 5.2), or
+    None (logged once) when `cfg` validates nothing."""
+    from tvr_jax import evaluate  # evaluate imports this module lazily too
+
+    why = evaluate.validation_off(cfg)
+    if why is not None:
+        log.info("no validation during training: %s; evaluation will report the last checkpoint", why)
+        return None
+    log.info("validation on the '%s' split every %d steps; the best checkpoint is kept", evaluate.VALIDATION_SPLIT,
+             cfg.eval_every)
+    return evaluate.validator(cfg, model, mesh)
 
 
 def _check_finite(state: TrainState, metric_names: list[str]) -> None:
