@@ -1,4 +1,4 @@
-"""Compiled peak memory of `dmae_similarity` as the number of videos grows (method.md section 2).
+"""Compiled peak memory of `dmae_similarity` as the number of videos grows (docs/method.md section 2).
 
 The blockwise loop must keep memory bounded: only the (B_t, B_v) output may grow with B_v, never
 the (B_t, B_v, L, T) token grid. Memory comes from XLA's compiled `memory_analysis` (no run),

@@ -11,7 +11,7 @@ reads), so the first loss of the two on one batch must agree: `train_step.py` ch
 
 For evaluation (`benchmarks/eval_step.py`): `frame_features` and `caption_features` are the
 towers' token features as `RetrievalModel` returns them with the meanP temporal module, and
-`dmae_similarity` scores texts against videos (method.md 2, `att_ti`, visual and textual
+`dmae_similarity` scores texts against videos (docs/method.md 2, `att_ti`, visual and textual
 attention) as the release and CLIP4Clip's evaluation loop do: blocks of texts against blocks of
 videos, each block's full (texts, videos, tokens, frames) grid in eager PyTorch.
 
@@ -100,7 +100,7 @@ def caption_features(clip: transformers.CLIPModel, text_ids: torch.Tensor) -> di
 
 
 def _set_similarity(x, x_mask, alpha, frames, frame_mask, beta, nn_idx, c_nn, gamma):
-    """S(X_a, F_b) of method.md 2.3 with visual attention (2.1): (A, n, D) tokens x (B, T, D) frames -> (A, B)."""
+    """S(X_a, F_b) of docs/method.md 2.3 with visual attention (2.1): (A, n, D) tokens x (B, T, D) frames -> (A, B)."""
     s = torch.einsum("and,btd->abnt", x, frames)  # the full grid of the block
     s = s.masked_fill(~(x_mask[:, None, :, None] & frame_mask[None, :, None, :]), 0.0)
     v_star = s.masked_fill(~frame_mask[None, :, None, :], float("-inf")).argmax(-1)  # (A, B, n)
@@ -116,11 +116,11 @@ def _set_similarity(x, x_mask, alpha, frames, frame_mask, beta, nn_idx, c_nn, ga
 @torch.inference_mode()
 def dmae_similarity(text_cls, words, word_weights, word_mask, frames, frame_mask, gamma: float = 0.5,
                     text_block: int = 64, video_block: int = 64) -> torch.Tensor:
-    """S (B_t, B_v), `att_ti` with visual and textual attention (method.md 2), features L2-normalised.
+    """S (B_t, B_v), `att_ti` with visual and textual attention (docs/method.md 2), features L2-normalised.
 
     Texts and videos go in blocks, each (text block, video block) pair scored on its full token
     grid: how CLIP4Clip's evaluation loop (batches of texts x batches of videos) runs the release's
-    `_get_wti_similarity`. Maxima run over valid tokens only, as method.md chooses.
+    `_get_wti_similarity`. Maxima run over valid tokens only, as docs/method.md chooses.
     """
     norm = lambda w: w / w.sum(-1, keepdim=True).clamp(min=1e-12)
     alpha, beta = norm(word_weights * word_mask), norm(frame_mask.float())

@@ -38,7 +38,7 @@ from benchmarks import flops
 from benchmarks.results_io import print_tables, table, write_results
 from benchmarks.side_by_side import Worker, alternate, keep_freed_host_memory, serve
 
-# tau = 0.2 on both sides: our NegNCE clamps P to [1e-6, 1 - 1e-6] (method.md 3), which binds at
+# tau = 0.2 on both sides: our NegNCE clamps P to [1e-6, 1 - 1e-6] (docs/method.md 3), which binds at
 # random init with tau = 0.01 and makes the first losses differ; with cosines in [-1, 1] and 8
 # clips, tau = 0.2 keeps every P inside the clamp (P >= e^(-2/tau) / 8 > 1e-6). Costs are unchanged.
 TEMPERATURE = 0.2

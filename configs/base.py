@@ -1,4 +1,4 @@
-"""Shared defaults of every tvr-jax config: method.md sections 1-5 (the release's switches).
+"""Shared defaults of every tvr-jax config: docs/method.md sections 1-5 (the release's switches).
 
 Dataset x backbone files derive from `base_config()` and change what differs. Fields:
   seed, data_dir, dataset, global_batch_size, total_steps, log_every, checkpoint_every,
@@ -65,9 +65,9 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
-# method.md sections 1 and 6. `train_rows`: rows of one training epoch with every caption used
+# docs/method.md sections 1 and 6. `train_rows`: rows of one training epoch with every caption used
 # (CLIP4Clip expands MSR-VTT's and MSVD's sentences; DiDeMo and ActivityNet have one paragraph
-# per video); epochs from X-CLIP's scripts (method.md section 5).
+# per video); epochs from X-CLIP's scripts (docs/method.md section 5).
 DATASETS = {
     "msrvtt": dict(frames=12, words=32, epochs=5, train_rows=180_000, eval_split="test"),
     "msvd": dict(frames=12, words=32, epochs=5, train_rows=48_774, eval_split="test"),

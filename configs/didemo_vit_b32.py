@@ -1,4 +1,4 @@
-"""didemo with CLIP vit_b32: the paper's setting (method.md sections 1, 5, 6).
+"""didemo with CLIP vit_b32: the paper's setting (docs/method.md sections 1, 5, 6).
 
     tvr-jax prepare --dataset didemo --videos VIDEOS --annotations ANNOTATIONS --out DATA
     tvr-jax train --config configs/didemo_vit_b32.py --workdir runs/didemo_vit_b32 --config.data_dir=DATA --config.init_checkpoint=CLIP_WEIGHTS

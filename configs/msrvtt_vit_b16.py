@@ -1,4 +1,4 @@
-"""msrvtt with CLIP vit_b16: the paper's setting (method.md sections 1, 5, 6).
+"""msrvtt with CLIP vit_b16: the paper's setting (docs/method.md sections 1, 5, 6).
 
     tvr-jax prepare --dataset msrvtt --videos VIDEOS --annotations ANNOTATIONS --out DATA
     tvr-jax train --config configs/msrvtt_vit_b16.py --workdir runs/msrvtt_vit_b16 --config.data_dir=DATA --config.init_checkpoint=CLIP_WEIGHTS

@@ -1,4 +1,4 @@
-"""The four sets' annotation files and their standard splits (method.md section 6, CLIP4Clip).
+"""The four sets' annotation files and their standard splits (docs/method.md section 6, CLIP4Clip).
 
 Each loader returns a `DatasetAnnotations`: per split, the videos in annotation order, each
 with `captions` (the queries of the split's protocol) and `sentences` (every description the

@@ -13,7 +13,7 @@ Batch schema (numpy; B = global_batch_size / process_count rows on each host):
 | video_mask | bool (B, T) | True on real frames; a video with fewer than T frames fills the rest with its last frame, False here |
 | text_ids | int32 (B, L) | CLIP ids: 49406 (start), BPE ids, 49407 (end), 0 padding; longer captions keep their first L - 2 tokens and the end token |
 | text_mask | bool (B, L) | text_ids != 0 |
-| word_weights | float32 (B, L) | 2 on tokens of content words, 1 on other word tokens, 0 on start, end and padding (method.md 2.2) |
+| word_weights | float32 (B, L) | 2 on tokens of content words, 1 on other word tokens, 0 on start, end and padding (docs/method.md 2.2) |
 | video_index | int32 (B,) | row of the video in the split: `metadata["splits"][split]["video_ids"][video_index]` |
 | caption_index | int32 (B,) | caption's index in the split, counting the videos' captions in order; -1 where a row has no text |
 | valid | bool (B,) | False on the rows that pad the last evaluation batch (they repeat a real row); True in training |

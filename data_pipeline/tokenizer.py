@@ -4,7 +4,7 @@ Same text cleaning, pre-tokenisation and merges as OpenAI CLIP's `simple_tokeniz
 offline from the real vocabulary file shipped in `data_pipeline/assets/` (MIT licence, see
 `LICENSE.bpe_simple_vocab`). On top of CLIP's tokenizer it reports, for every word of a caption,
 the token positions that word produced, so that word-level part-of-speech tags can be turned
-into the per-token word weights of the textual attention (method.md section 2.2).
+into the per-token word weights of the textual attention (docs/method.md section 2.2).
 
 A "word" is one piece of CLIP's pre-tokenisation regex: a run of letters, one digit, a run of
 punctuation, or a contraction suffix ('s, 't, ...). Its character span refers to the cleaned

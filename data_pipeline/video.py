@@ -7,7 +7,7 @@ sampling, in training as in evaluation) or, as a training augmentation, one rand
 segment; short videos are padded, with a mask.
 
 A video that cannot be decoded raises `VideoDecodeError` with a reason code and a fix; it is
-never replaced by zeros (zeros caused NaN losses in peer code, method.md section 6).
+never replaced by zeros (zeros caused NaN losses in peer code, docs/method.md section 6).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Per-token word weights of the textual attention (method.md section 2.2), computed offline.
+"""Per-token word weights of the textual attention (docs/method.md section 2.2), computed offline.
 
     omega_t = 1 + [word of token t is a NOUN, VERB or ADJ and not a stop word]
 

@@ -1,4 +1,4 @@
-"""Word weights (method.md 2.2): content words 2 on all their BPE tokens, others 1, start/end 0."""
+"""Word weights (docs/method.md 2.2): content words 2 on all their BPE tokens, others 1, start/end 0."""
 
 import sys
 import types

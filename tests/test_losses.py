@@ -1,4 +1,4 @@
-"""NegNCE / DMAE loss (method.md section 3) against a plain per-element reference.
+"""NegNCE / DMAE loss (docs/method.md section 3) against a plain per-element reference.
 
 References run in float64 (numpy for values, jnp under jax.enable_x64 for gradients): with
 tau = 0.01 a float32 reference loses ~1e-4 relative accuracy in -log(1 - P) gradients where

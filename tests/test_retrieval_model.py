@@ -1,4 +1,4 @@
-"""The retrieval model: feature sets of method.md section 1, temporal module, token selection,
+"""The retrieval model: feature sets of docs/method.md section 1, temporal module, token selection,
 CLIP initialisation, parameter labels, and the total loss of section 4.4."""
 
 import jax

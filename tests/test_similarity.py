@@ -1,4 +1,4 @@
-"""DMAE similarity (method.md section 2) against a plain per-pair, per-token reference.
+"""DMAE similarity (docs/method.md section 2) against a plain per-pair, per-token reference.
 
 The reference is written from the equations with Python loops over pairs and tokens. It runs
 twice: in float64 numpy for the forward value, and with jnp float64 values (jax.enable_x64)
@@ -63,7 +63,7 @@ FRAME_SOFTMAX = {"wti", "att_wti", "words_wti_norm", "att_wti_norm"}  # beta = s
 
 
 def ref_token_weights(xp, values, masks_np, interaction, textual_attention, a):
-    """alpha_a (L,) for the words of text a (method.md 2.2 / 2.3)."""
+    """alpha_a (L,) for the words of text a (docs/method.md 2.2 / 2.3)."""
     mask = masks_np["word_mask"][a]
     omega = [(values["word_weights"][a][t] if textual_attention else 1.0) if mask[t] else 0.0
              for t in range(len(mask))]
@@ -262,7 +262,7 @@ def test_block_size_does_not_change_result(fast_compile):
 
 
 def np_att_ti(inputs):
-    """S of `att_ti` with visual and textual attention, vectorised numpy (float64) from method.md 2."""
+    """S of `att_ti` with visual and textual attention, vectorised numpy (float64) from docs/method.md 2."""
     x = {k: np.asarray(v, np.float64) if v.dtype != bool else v for k, v in inputs.items()}
     fm = x["frame_mask"]
     c = np.einsum("bvd,bud->bvu", x["frames"], x["frames"])

@@ -1,4 +1,4 @@
-"""TPM-CL pieces (method.md section 4) against plain per-pair, per-token references.
+"""TPM-CL pieces (docs/method.md section 4) against plain per-pair, per-token references.
 
 Forward references run in float64 numpy; gradient references run the same code on jnp
 float64 (jax.enable_x64) under jax.grad. Discrete choices (masks, maxima) are made on the
@@ -50,7 +50,7 @@ def make_tokens(seed=0):
 
 # ----------------------------------------------------------------------------- references
 def ref_predictor(xp, erf, params, q, q_mask, k, k_mask, eps=1e-5):
-    """method.md 4.1, one example at a time."""
+    """docs/method.md 4.1, one example at a time."""
     p = params["params"]
     out = []
     for b in range(len(q_mask)):
@@ -70,7 +70,7 @@ def ref_predictor(xp, erf, params, q, q_mask, k, k_mask, eps=1e-5):
 
 
 def ref_mask(weights, mask, rho):
-    """method.md 4.2 with the 'keep one valid token' rule; loops, float64."""
+    """docs/method.md 4.2 with the 'keep one valid token' rule; loops, float64."""
     weights = np.asarray(weights, np.float64)
     marked = np.zeros(mask.shape, bool)
     for b in range(len(mask)):
@@ -324,7 +324,7 @@ def test_masked_text_globals(normalize):
     np.testing.assert_allclose(np.asarray(t_g), np.stack(g_ref), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(np.asarray(t_pg), np.stack(pg_ref), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(np.linalg.norm(np.asarray(t_g), axis=-1), 1.0, rtol=1e-6)
-    if not normalize:   # the masked global is shorter where words were masked (method.md 4.2)
+    if not normalize:   # the masked global is shorter where words were masked (docs/method.md 4.2)
         assert np.all(np.linalg.norm(np.asarray(t_pg), axis=-1)[ref_marked.any(-1)] < 1.0)
 
 

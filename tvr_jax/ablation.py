@@ -1,6 +1,6 @@
 """The paper's ablation: one switch per component, each variant trained and evaluated alike.
 
-Variants add the method's components one at a time to the CLIP4Clip baseline (method.md
+Variants add the method's components one at a time to the CLIP4Clip baseline (docs/method.md
 sections 2-4), then change one thing each of the full method: the release's weighted interaction,
 ours, and our straight-through visual masking. Every one is a list of config overrides, so a row
 of the table is reproducible with `tvr-jax train --config ... --config.FIELD=VALUE ...`. Runs are

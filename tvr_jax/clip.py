@@ -10,7 +10,7 @@ from data_pipeline.tokenizer import ClipTokenizer, default_tokenizer, tokenize
 from tvr_jax.models.clip import CLIP, PRESETS, CLIPConfig, end_of_text_index
 from tvr_jax.models.clip_weights import CheckpointError, load, read_checkpoint, save_converted
 
-# CLIP's image normalisation (method.md section 1).
+# CLIP's image normalisation (docs/method.md section 1).
 IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)
 IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
 

@@ -1,4 +1,4 @@
-"""NegNCE and the symmetric DMAE contrastive loss (method.md section 3).
+"""NegNCE and the symmetric DMAE contrastive loss (docs/method.md section 3).
 
 Layout, so that a row-sharded version can reuse the same arithmetic:
 
@@ -29,7 +29,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-P_MIN, P_MAX = 1e-6, 1.0 - 1e-6  # clamp of P_ij (method.md 3)
+P_MIN, P_MAX = 1e-6, 1.0 - 1e-6  # clamp of P_ij (docs/method.md 3)
 _LOG_P_MIN, _LOG_P_MAX = math.log(P_MIN), math.log1p(-P_MIN)
 
 
@@ -71,7 +71,7 @@ def count_same_video_pairs(video_ids) -> jax.Array:
 
 
 def negnce_query_rest(sim, *, query_log_norm, temperature=0.01):
-    """R_q = sum of P_qk over the candidates with P_qk <= 1/2 (method.md 3, numerics helper).
+    """R_q = sum of P_qk over the candidates with P_qk <= 1/2 (docs/method.md 3, numerics helper).
 
     A row has at most one P_qk > 1/2; for it 1 - P_qk = R_q, which float32 gets right where
     computing 1 - P_qk directly loses all digits as P_qk -> 1 (with tau = 0.01 the hard
@@ -84,7 +84,7 @@ def negnce_query_rest(sim, *, query_log_norm, temperature=0.01):
 
 def negnce_block_sums(sim, *, query_ids, key_ids, query_diag, key_diag, query_log_norm,
                       query_rest=None, temperature=0.01, delta=0.0) -> dict:
-    """Per-block sums of the NegNCE terms of method.md section 3 (queries along rows).
+    """Per-block sums of the NegNCE terms of docs/method.md section 3 (queries along rows).
 
     sim (R, K): S_qk for R queries (global ids ``query_ids`` (R,)) and K candidates
     (global ids ``key_ids`` (K,)); ``query_diag`` (R,) = S_qq, ``key_diag`` (K,) = S_kk;
@@ -118,7 +118,7 @@ def negnce_block_sums(sim, *, query_ids, key_ids, query_diag, key_diag, query_lo
 
 
 def negnce_from_sums(sums: dict, num_queries, *, lambda_pos=1.0, lambda_neg=0.5) -> dict:
-    """L_NegNCE of method.md section 3 from (global) sums: means over queries and over H.
+    """L_NegNCE of docs/method.md section 3 from (global) sums: means over queries and over H.
 
     Returns dict(loss, pos = mean_i -log P_ii, neg = mean_H -log(1 - P_ij) (0 if H is empty),
     num_hard). With H empty the loss is lambda_pos * pos only.
@@ -131,7 +131,7 @@ def negnce_from_sums(sums: dict, num_queries, *, lambda_pos=1.0, lambda_neg=0.5)
 
 def negnce_parts(sim, *, temperature=0.01, lambda_pos=1.0, lambda_neg=0.5, delta=0.0,
                  video_ids=None) -> dict:
-    """L_NegNCE(S) of method.md section 3, one direction (rows are queries), with its parts.
+    """L_NegNCE(S) of docs/method.md section 3, one direction (rows are queries), with its parts.
 
     sim (B, B) with the matched pairs on the diagonal. ``video_ids`` (B,), optional: the video of
     each pair; off-diagonal pairs of one video are no candidates (:func:`exclude_same_video`).
@@ -153,14 +153,14 @@ def negnce_parts(sim, *, temperature=0.01, lambda_pos=1.0, lambda_neg=0.5, delta
 
 
 def negnce_loss(sim, *, temperature=0.01, lambda_pos=1.0, lambda_neg=0.5, delta=0.0, video_ids=None):
-    """L_NegNCE(S) of method.md section 3 (rows are queries); scalar."""
+    """L_NegNCE(S) of docs/method.md section 3 (rows are queries); scalar."""
     return negnce_parts(sim, temperature=temperature, lambda_pos=lambda_pos,
                         lambda_neg=lambda_neg, delta=delta, video_ids=video_ids)["loss"]
 
 
 def dmae_loss_and_parts(sim, *, temperature=0.01, lambda_pos=1.0, lambda_neg=0.5, delta=0.0,
                         video_ids=None):
-    """L_DMAE = 1/2 [L_NegNCE(S) + L_NegNCE(S^T)] of method.md section 3, with parts.
+    """L_DMAE = 1/2 [L_NegNCE(S) + L_NegNCE(S^T)] of docs/method.md section 3, with parts.
 
     Returns (loss, parts) with parts = {loss, t2v_loss, t2v_pos, t2v_neg, t2v_num_hard,
     v2t_loss, v2t_pos, v2t_neg, v2t_num_hard}, plus same_video_pairs when ``video_ids`` (B,)
@@ -186,6 +186,6 @@ def dmae_loss_and_parts(sim, *, temperature=0.01, lambda_pos=1.0, lambda_neg=0.5
 
 
 def dmae_loss(sim, *, temperature=0.01, lambda_pos=1.0, lambda_neg=0.5, delta=0.0, video_ids=None):
-    """L_DMAE = 1/2 [L_NegNCE(S) + L_NegNCE(S^T)] of method.md section 3; scalar."""
+    """L_DMAE = 1/2 [L_NegNCE(S) + L_NegNCE(S^T)] of docs/method.md section 3; scalar."""
     return dmae_loss_and_parts(sim, temperature=temperature, lambda_pos=lambda_pos,
                                lambda_neg=lambda_neg, delta=delta, video_ids=video_ids)[0]

@@ -1,4 +1,4 @@
-"""Retrieval metrics in the CLIP4Clip protocol (method.md section 7), in numpy.
+"""Retrieval metrics in the CLIP4Clip protocol (docs/method.md section 7), in numpy.
 
 Ranks are 0-based positions of the true candidate after sorting a query's scores in descending
 order. Ties are broken pessimistically: every other candidate scoring *at least* as high as the

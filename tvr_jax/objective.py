@@ -1,4 +1,4 @@
-"""The training objective of method.md section 4.4: L = L_DMAE + lambda_tpm * L_TPM.
+"""The training objective of docs/method.md section 4.4: L = L_DMAE + lambda_tpm * L_TPM.
 
 A pure function of the features `RetrievalModel.__call__` returns for a batch of matched pairs,
 so the same code runs on one device and inside a sharded train step.
@@ -18,7 +18,7 @@ from tvr_jax import losses, similarity, sharding, tpm
 
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
-    """Similarity and loss switches (method.md sections 2-4); defaults are the release's."""
+    """Similarity and loss switches (docs/method.md sections 2-4); defaults are the release's."""
 
     visual_attention: bool = True
     textual_attention: bool = True

@@ -1,4 +1,4 @@
-"""The optimizer recipe of method.md section 5 (CLIP4Clip lineage), built with optax.
+"""The optimizer recipe of docs/method.md section 5 (CLIP4Clip lineage), built with optax.
 
 AdamW (betas 0.9/0.98, eps 1e-6), weight decay 0.2 on weight matrices only (not on norms,
 biases, embeddings or the logit scale), warmup-cosine with 10% warmup, learning rate 1e-4 for

@@ -1,11 +1,11 @@
-"""DMAE text-video similarity (method.md section 2), computed blockwise over videos.
+"""DMAE text-video similarity (docs/method.md section 2), computed blockwise over videos.
 
 Conventions shared by every function here:
 
-* Features are expected to be **L2-normalised already** (method.md section 1); nothing here
+* Features are expected to be **L2-normalised already** (docs/method.md section 1); nothing here
   renormalises them, so a dot product is a cosine.
 * Masks are boolean (True = real token). Maxima and argmaxima run over valid tokens and frames
-  only (method.md section 2, "chosen"); padded positions never win a maximum and carry zero
+  only (docs/method.md section 2, "chosen"); padded positions never win a maximum and carry zero
   weight, so their content does not matter.
 * The result ``S`` has texts as rows and videos as columns, in float32 whatever the input
   dtype (the dot products accumulate in float32).
@@ -61,7 +61,7 @@ def _masked_exp(logits: jax.Array, mask: jax.Array) -> jax.Array:
 
 
 def _set_similarity(x, x_mask, alpha, frames, frame_mask, beta, *, visual_attention, gamma):
-    """S(X_a, F_b) of method.md 2.3 ('ti' form) for A token sets against a block of B videos.
+    """S(X_a, F_b) of docs/method.md 2.3 ('ti' form) for A token sets against a block of B videos.
 
     x (A, n, D), x_mask (A, n), alpha (A, n); frames (B, T, D), frame_mask (B, T), beta (B, T).
     Returns (A, B) float32.
@@ -75,7 +75,7 @@ def _set_similarity(x, x_mask, alpha, frames, frame_mask, beta, *, visual_attent
     v_star = jnp.argmax(jnp.where(frame_mask[None, :, None, :], s, -jnp.inf), axis=-1)
     t2v = jnp.take_along_axis(s, v_star[..., None], axis=-1)[..., 0]  # (A, B, n)
 
-    if visual_attention:  # method.md 2.1
+    if visual_attention:  # docs/method.md 2.1
         num_videos, num_frames = frame_mask.shape
         c = jnp.einsum("bvd,bud->bvu", frames, frames, preferred_element_type=jnp.float32)
         neighbour_ok = (frame_mask[:, :, None] & frame_mask[:, None, :]
@@ -117,7 +117,7 @@ def dmae_similarity(text_cls, words, word_weights, word_mask, frames, frame_mask
                     textual_attention: bool = True, gamma: float = 0.5, block_size: int = 64,
                     word_logits: Optional[jax.Array] = None,
                     frame_logits: Optional[jax.Array] = None) -> jax.Array:
-    """DMAE similarity S (B_t, B_v) of method.md section 2 (eqs. 2.1-2.3).
+    """DMAE similarity S (B_t, B_v) of docs/method.md section 2 (eqs. 2.1-2.3).
 
     Args (all features L2-normalised by the caller):
       text_cls (B_t, D): sentence tokens t_cls.
@@ -228,7 +228,7 @@ def dmae_similarity(text_cls, words, word_weights, word_mask, frames, frame_mask
 def pooled_cosine_similarity(text_cls, frames, frame_mask) -> jax.Array:
     """Baseline S (B_t, B_v) = <t_cls, normalise(mean over valid frames of F)> (CLIP4Clip meanP).
 
-    The ablation baseline of method.md section 3 ("cosine of pooled features"); a video
+    The ablation baseline of docs/method.md section 2.3 ("cosine"); a video
     without valid frames scores 0.
     """
     frame_mask = jnp.asarray(frame_mask, bool)
@@ -258,7 +258,7 @@ class TokenLogitHead(nn.Module):
 
 
 class WTIHeads(nn.Module):
-    """Token-weight heads g_t, g_v of :data:`WEIGHTED_INTERACTIONS` (method.md 2.3, DRL).
+    """Token-weight heads g_t, g_v of :data:`WEIGHTED_INTERACTIONS` (docs/method.md 2.3, DRL).
 
     Returns (word_logits (B, L), frame_logits (B, T)); masking and softmax happen inside
     :func:`dmae_similarity`. Each head depends on its own modality only, so evaluation can

@@ -1,4 +1,4 @@
-"""TPM-CL: Triplet Partial Margin Contrastive Learning (method.md section 4, training only).
+"""TPM-CL: Triplet Partial Margin Contrastive Learning (docs/method.md section 4, training only).
 
 Pieces, in the order the model uses them:
 
@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 PARTIAL_TYPES = (2, 3, 4)
-"""Allowed ``partial_type`` values (method.md 4.3): 2 = L1 + L2, 3 = L3, 4 = L1 + L2 + L3."""
+"""Allowed ``partial_type`` values (docs/method.md 4.3): 2 = L1 + L2, 3 = L3, 4 = L1 + L2 + L3."""
 
 
 def _normalise_weights(w):
@@ -58,7 +58,7 @@ def _check_tokens(name, x, mask, batch=None, dim=None):
 
 
 class CrossModalWeightPredictor(nn.Module):
-    """Cross-modal weight predictor (XWP) of method.md 4.1: w (B, n_k), sum 1 over valid keys.
+    """Cross-modal weight predictor (XWP) of docs/method.md 4.1: w (B, n_k), sum 1 over valid keys.
 
     q~ = Linear_{n_q -> n_k}(q^T)^T (token-axis mixing, no bias); h = [q~ ; k] (B, n_k, 2D);
     a = sigmoid(W2 GELU(W1 LayerNorm(h))) with the LayerNorm over the whole (n_k, 2D) block
@@ -95,7 +95,7 @@ class CrossModalWeightPredictor(nn.Module):
 
 
 def adaptive_token_mask(weights, mask, rho: float = 0.6):
-    """Adaptive token masking M of method.md 4.2: True where a token is to be zeroed.
+    """Adaptive token masking M of docs/method.md 4.2: True where a token is to be zeroed.
 
     Sort valid tokens by weight, descending (ties: lower index first); with c the cumulative
     weight including the token itself, mark the tokens with c < rho. Padding is never marked,
@@ -142,7 +142,7 @@ def masked_text_globals(words, word_mask, word_weights, rho: float = 0.6, *,
 
 def mask_visual_tokens(visual, visual_mask, visual_weights, rho: float = 0.6, *,
                        straight_through: bool = True):
-    """Masked visual tokens V' = (1 - M) V of method.md 4.2, M from text-conditioned weights.
+    """Masked visual tokens V' = (1 - M) V of docs/method.md 4.2, M from text-conditioned weights.
 
     Returns (V' (B, N_v, D), marked (B, N_v) bool). The validity mask is unchanged: zeroed
     tokens remain valid tokens with zero features.
@@ -163,7 +163,7 @@ def mask_visual_tokens(visual, visual_mask, visual_weights, rho: float = 0.6, *,
 
 
 def pair_similarity(x, x_mask, y, y_mask):
-    """S_pair(X, Y) of method.md 4.3 for B matched pairs: (B,).
+    """S_pair(X, Y) of docs/method.md 4.3 for B matched pairs: (B,).
 
     S_pair = 1/2 [mean_x max_y <x, y> + mean_y max_x <x, y>] over valid tokens of each side;
     a side without valid tokens contributes 0 (finite value and gradient).
@@ -188,7 +188,7 @@ def tpm_loss(t_cls, words, word_mask, word_weights, visual, visual_mask,
              partial_type: int = 4, margin: float = 0.6, rho: float = 0.6,
              normalize_masked_text: bool = False,
              visual_marked: Optional[jax.Array] = None):
-    """L_TPM of method.md 4.3 on the B matched pairs: (loss, parts).
+    """L_TPM of docs/method.md 4.3 on the B matched pairs: (loss, parts).
 
     Args: t_cls (B, D); words (B, L, D) + word_mask; word_weights w^t (B, L) from the
     video-conditioned :class:`CrossModalWeightPredictor`; visual tokens V (B, N_v, D) +

@@ -5,7 +5,7 @@ bias-free patch convolution, class and position embeddings, `ln_pre` and `ln_pos
 tower; token and position embeddings, a causal mask, `ln_final` and end-of-text pooling (the
 position of the largest token id) in the text tower; bias-free projections to the joint space.
 
-The method needs every token, not only the pooled ones (method.md section 1), so besides
+The method needs every token, not only the pooled ones (docs/method.md section 1), so besides
 `encode_image` / `encode_text` the model has `image_tokens` (projected CLS + patch tokens per
 image) and `text_tokens` (projected token at every position).
 

@@ -1,4 +1,4 @@
-"""The retrieval model around the CLIP towers: the feature sets of method.md section 1.
+"""The retrieval model around the CLIP towers: the feature sets of docs/method.md section 1.
 
     video (B, T, H, W, 3) + video_mask (B, T)
       -> CLIP image tower per frame -> frame token (+ K selected patch tokens, TS2-Net style)
@@ -11,7 +11,7 @@
 Besides the towers the model owns the new modules: the temporal transformer, the patch-token
 scorer, the `wti` heads and the two TPM-CL weight predictors. Their parameters live beside
 `clip` at the top level, so `param_labels` can give CLIP weights and new modules different
-learning rates (method.md section 5).
+learning rates (docs/method.md section 5).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ TEMPORAL_MODULES = ("meanP", "seqTransf")
 
 @dataclasses.dataclass(frozen=True)
 class RetrievalConfig:
-    """Model switches of method.md sections 1, 2.3 and 4 (loss weights live with the loss)."""
+    """Model switches of docs/method.md sections 1, 2.3 and 4 (loss weights live with the loss)."""
 
     clip: CLIPConfig = CLIPConfig()
     max_frames: int = 12
@@ -211,7 +211,7 @@ class RetrievalModel(nn.Module):
                  straight_through: bool = True):
         """Every feature the training loss needs, for a batch of matched (video, text) pairs.
 
-        `rho` (masking threshold, method.md 4.2) and `straight_through` (gradient of the visual
+        `rho` (masking threshold, docs/method.md 4.2) and `straight_through` (gradient of the visual
         masking, see `tpm.mask_visual_tokens`) come from `LossConfig`: use `objective.model_loss`.
         """
         out = {**self.encode_text(text_ids, text_mask, word_weights), **self.encode_video(video, video_mask)}
