@@ -47,6 +47,7 @@ SECTIONS = [
     ("synthetic_confusions.json", "Demo: the tiny model on the synthetic set, and where its errors are",
      "synthetic_confusions.md", "tvr-jax demo --workdir /tmp/demo1 && python benchmarks/synthetic_confusions.py /tmp/demo1"),
     ("eval_step.json", "Evaluation: ours against a PyTorch peer", "eval_step.md"),
+    ("tagger_agreement.json", "Word weights: the fallback tagger against spaCy", "tagger_agreement.md"),
     ("eval.json", "Evaluation: whole-test-set scoring and search", "eval.md"),
     ("gpu_check.json", "GPU check", "gpu_check.md", "bash benchmarks/gpu_check.sh"),
 ]
