@@ -44,7 +44,8 @@ def test_hand_counted_step_flops_equal_the_gradient_jaxpr(scan_layers):
     cfg, model = _baseline(extra=[f"model.scan_layers={scan_layers}"])
     m, batch = model.config, 6
     params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *model.dummy_batch(1)))["params"]
-    inputs = tuple(jnp.asarray(v) for v in make_batch(m.clip, m.max_frames, m.max_words, batch).values())
+    data = make_batch(m.clip, m.max_frames, m.max_words, batch)
+    inputs = tuple(jnp.asarray(data[k]) for k in MODEL_INPUTS)
     loss = lambda p: model_loss(model, p, inputs, train.loss_config(cfg))[0]
     counted = flops.jaxpr_matmul_flops(jax.make_jaxpr(jax.grad(loss))(params))
     assert counted == flops.meanp_step_flops(m.clip, batch, m.max_frames, m.max_words)["total"]
