@@ -477,8 +477,8 @@ def test_pooled_cosine_baseline_matches_loops():
             out.append(row)
         return jnp.array(out)
 
-    args = (jnp.asarray(x["text_cls"], jnp.float64), jnp.asarray(x["frames"], jnp.float64))
-    with jax.enable_x64(True):
+    with jax.enable_x64(True):  # the reference in float64
+        args = (jnp.asarray(x["text_cls"], jnp.float64), jnp.asarray(x["frames"], jnp.float64))
         want = np.asarray(ref(*args))
         probe = np.random.default_rng(4).normal(size=want.shape)
         g_ref = jax.grad(lambda t, f: jnp.sum(ref(t, f) * probe), argnums=(0, 1))(*args)
