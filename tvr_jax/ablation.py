@@ -15,7 +15,7 @@ import os
 import statistics
 from typing import Sequence
 
-from tvr_jax.config_io import apply_override
+from tvr_jax.config_io import apply_override, save_config
 
 # name -> overrides, cumulative as in the paper's ablation table. Every row pins the switches it
 # relies on, so the table does not depend on the config's defaults. Names are short (CLI
@@ -83,6 +83,7 @@ def run_ablation(cfg, workdir: str, variants: Sequence[str], seeds: Sequence[int
                 run_cfg = cfg.copy_and_resolve_references()
                 for item in VARIANTS[name] + [f"seed={seed}"]:
                     apply_override(run_cfg, item)
+                save_config(run_cfg, run_dir)
                 train.train(run_cfg, run_dir, train.dataset_batches(run_cfg))
                 evaluate.evaluate_checkpoint(run_cfg, run_dir)
             with open(metrics_path) as f:

@@ -9,6 +9,8 @@ import os
 import sys
 import time
 
+from tvr_jax.config_io import save_config
+
 
 def _convert_weights(args: argparse.Namespace) -> int:
     """Read a local CLIP checkpoint and write it as an orbax checkpoint + manifest."""
@@ -99,7 +101,7 @@ def _train(args: argparse.Namespace) -> int:
     from tvr_jax import train
 
     cfg = _config(args)
-    _save_config(cfg, args.workdir)
+    save_config(cfg, args.workdir)
     train.train(cfg, args.workdir, train.dataset_batches(cfg))
     return 0
 
@@ -132,7 +134,7 @@ def _demo(args: argparse.Namespace) -> int:
     cfg.data_dir = data_dir
     for item in args.overrides:
         apply_override(cfg, item)
-    _save_config(cfg, args.workdir)
+    save_config(cfg, args.workdir)
     train.train(cfg, args.workdir, train.dataset_batches(cfg))
     evaluate.evaluate_checkpoint(cfg, args.workdir)
     with open(os.path.join(args.workdir, "eval", "metrics.md")) as f:
@@ -175,14 +177,6 @@ def _search(args: argparse.Namespace) -> int:
     for rank, (video_id, score) in enumerate(search.search(args.index, args.query, args.top_k), 1):
         print(f"{rank:3d}  {score:.4f}  {video_id}")
     return 0
-
-
-def _save_config(cfg, workdir: str) -> None:
-    os.makedirs(workdir, exist_ok=True)
-    tmp = os.path.join(workdir, "config.json.tmp")
-    with open(tmp, "w") as f:
-        f.write(cfg.to_json_best_effort(indent=2))
-    os.replace(tmp, os.path.join(workdir, "config.json"))
 
 
 def _add_config_arguments(p: argparse.ArgumentParser) -> None:

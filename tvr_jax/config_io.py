@@ -64,3 +64,12 @@ def apply_override(cfg: ml_collections.ConfigDict, item: str) -> None:
         node[leaf] = value
     except TypeError as e:
         raise ValueError(f"override {item!r}: {key} is {type(current).__name__}, got {type(value).__name__} ({e})") from None
+
+
+def save_config(cfg: ml_collections.ConfigDict, workdir: str) -> None:
+    """WORKDIR/config.json: the resolved config a run used, written atomically."""
+    os.makedirs(workdir, exist_ok=True)
+    tmp = os.path.join(workdir, "config.json.tmp")
+    with open(tmp, "w") as f:
+        f.write(cfg.to_json_best_effort(indent=2))
+    os.replace(tmp, os.path.join(workdir, "config.json"))

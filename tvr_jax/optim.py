@@ -27,9 +27,10 @@ def weight_decay_mask(params: Any) -> Any:
 
 def learning_rate_schedules(cfg, total_steps: int) -> dict[str, optax.Schedule]:
     """Warmup-cosine per parameter group: 'new' peaks at cfg.learning_rate, 'clip' at coef x that."""
-    warmup = int(round(cfg.warmup_fraction * total_steps))
+    warmup = max(int(round(cfg.warmup_fraction * total_steps)), 1)
+    # optax needs a cosine part of at least one step, also for a run of one or two steps.
     make = lambda peak: optax.warmup_cosine_decay_schedule(
-        0.0, peak, warmup_steps=max(warmup, 1), decay_steps=max(total_steps, warmup + 1), end_value=0.0)
+        0.0, peak, warmup_steps=warmup, decay_steps=max(total_steps, warmup + 1), end_value=0.0)
     return {"new": make(cfg.learning_rate), "clip": make(cfg.learning_rate * cfg.clip_lr_coef)}
 
 
