@@ -102,7 +102,14 @@ def negnce_block_sums(sim, *, query_ids, key_ids, query_diag, key_diag, query_lo
     if query_rest is None:
         query_rest = negnce_query_rest(sim, query_log_norm=query_log_norm,
                                        temperature=temperature)
-    one_minus_p = jnp.where(p > 0.5, query_rest[:, None], 1.0 - p)
+    top = p > 0.5
+    one_minus_p = jnp.where(top, query_rest[:, None], 1.0 - p)
+    # Where P > 1/2, log P = log1p(-(1 - P)) from the accurate 1 - P. Besides the digits, this
+    # makes the upper clamp a comparison of a tiny rest with 1e-6 instead of log P with
+    # log(1 - 1e-6): log P of a saturated positive is float32 rounding noise around 0 that XLA
+    # may compute differently in the forward and backward fusions, which left a spurious
+    # 1/tau gradient on clamped positives (seen with jax 0.12). Inner where: no NaN gradient.
+    log_p = jnp.where(top, jnp.log1p(-jnp.where(top, one_minus_p, 0.0)), log_p)
     neg_log_p = -jnp.clip(log_p, _LOG_P_MIN, _LOG_P_MAX)
     neg_log_one_minus_p = -jnp.log(jnp.clip(one_minus_p, P_MIN, P_MAX))
     is_pos = query_ids[:, None] == key_ids[None, :]
