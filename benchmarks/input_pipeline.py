@@ -187,7 +187,7 @@ def main() -> None:
     prepared, on_the_fly = float(np.median(rounds["prepared"])), float(np.median(rounds["decord"]))
 
     t0 = time.perf_counter()
-    prep.prepare("synthetic", data_dir, workers=workers, progress=False)  # generates the 500 videos, then prepares
+    prep.prepare("synthetic", data_dir, workers=workers, progress=False)  # generates the synthetic set, then prepares
     t_synthetic = time.perf_counter() - t0
     tiny_input = pipeline_rate(prep.dataset_dir(data_dir, "synthetic"), 64, 10, image_size=32)
     tiny_step = tiny_step_rate(64)
@@ -227,7 +227,7 @@ def main() -> None:
     tables.append(table("Decode-once cost (fresh workdir only; a reused one reads its cache)", ["step", "seconds"],
                         [[f"write {args.clips} source videos", round(t_write, 1)],
                          [f"`prepare` those {args.clips} videos (1 fps, short side {SIZE})", round(t_prepare, 1)],
-                         ["`prepare --dataset synthetic` (generate 500 videos, prepare them)", round(t_synthetic, 1)]]))
+                         ["`prepare --dataset synthetic` (generate the set, prepare it)", round(t_synthetic, 1)]]))
     print_tables(tables)
     print(f"versions {versions}")
     write_results(args.out, tables=tables, **results)

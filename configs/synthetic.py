@@ -4,6 +4,8 @@
     tvr-jax train --config configs/synthetic.py --workdir runs/synthetic --config.data_dir=data/
     tvr-jax eval  --config configs/synthetic.py --workdir runs/synthetic --config.data_dir=data/
 (`tvr-jax demo` does all three.) `get_config("meanP")` swaps the temporal module.
+The set is described in docs/synthetic.md; `tvr-jax ablate` uses this config with fewer steps
+(REPRODUCING.md). Captions are up to 29 tokens long (start and end tokens included), hence 32 words.
 """
 
 from configs.base import base_config
@@ -19,7 +21,7 @@ def get_config(arg=None):
     # No pretrained weights exist here: a tiny CLIP from random initialisation, so the "CLIP"
     # parameter group learns at the full rate.
     c.model.clip_preset = "tiny"
-    c.model.max_frames, c.model.max_words = 12, 16
+    c.model.max_frames, c.model.max_words = 12, 32
     c.model.temporal = arg or "seqTransf"
     c.model.temporal_layers = 2
     c.optim.learning_rate = 1e-3
@@ -27,4 +29,5 @@ def get_config(arg=None):
     c.optim.weight_decay = 0.05
     c.loss.block_size = 64
     c.eval.batch_size = 64
+    c.data.tagger = "fallback"  # what `tvr-jax prepare` tags the synthetic set with by default
     return c

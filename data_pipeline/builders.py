@@ -113,7 +113,7 @@ class Activitynet(VideoTextBuilder, skip_registration=True):
 
 class Synthetic(VideoTextBuilder, skip_registration=True):
     name = "synthetic"
-    DESCRIPTION = "tvr-jax's generated moving-shapes set (MSR-VTT format; see data_pipeline/synthetic.py)."
+    DESCRIPTION = "tvr-jax's generated set of three-shot videos with one-word siblings (MSR-VTT format; see docs/synthetic.md)."
 
 
 BUILDERS: dict[str, type[VideoTextBuilder]] = {b.name: b for b in (Msrvtt, Msvd, Didemo, Activitynet, Synthetic)}

@@ -27,8 +27,7 @@ uniform, in training as in evaluation (the paper's sampling), unless training as
 `frame_sampling="random_segment"` (one random frame per segment, an augmentation). Crop: a square of the
 frame's short side, centred (evaluation, and training by default) or, with `random_crop`, of
 80-100 % of it at a random place; then resized to H x W. `random_flip` flips a whole clip
-left-right: it is refused for the synthetic set (east would become west) and is wrong for any
-caption that names left or right.
+left-right: wrong for any caption that names left or right.
 
 Order and randomness are pure functions of (seed, epoch, row position): training visits a
 seeded permutation of the split every epoch (dropping the last partial global batch), with a
@@ -195,8 +194,6 @@ class VideoTextInput:
             raise ValueError(f"need global_batch_size >= 1, num_frames >= 1, max_words >= 2, image_size >= 1: {c}")
         if c.max_words > 77:
             raise ValueError(f"max_words {c.max_words} exceeds CLIP's context of 77 tokens the dataset stores")
-        if c.random_flip and self.metadata.get("dataset") == "synthetic":
-            raise ValueError("random_flip would turn 'east' into 'west' in the synthetic set and make its captions lie; leave it off")
 
     def _make_units(self) -> np.ndarray:
         """(video_index, caption_index) per row of an epoch, before shuffling; -1: chosen per epoch / none."""

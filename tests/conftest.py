@@ -44,3 +44,24 @@ def pytest_unconfigure(config):
         sys.stderr.flush()
         os._exit(_session["status"])
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+import pytest  # noqa: E402
+
+# The synthetic set prepared once for every test that trains on it through the CLI, and the
+# overrides that shrink the demo config to test size.
+SYNTHETIC_CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "synthetic.py")
+
+
+@pytest.fixture(scope="session")
+def synthetic_data(tmp_path_factory):
+    from data_pipeline import prepare
+
+    out = str(tmp_path_factory.mktemp("prepared_synthetic"))
+    prepare.prepare("synthetic", out, progress=False)
+    return out
+
+
+def tiny_synthetic_overrides(data_dir: str) -> list[str]:
+    return [f"--config.data_dir={data_dir}", "--config.global_batch_size=8", "--config.model.max_frames=4",
+            "--config.model.temporal_layers=1", "--config.log_every=1", "--config.eval.batch_size=8"]

@@ -5,26 +5,13 @@ import ast
 import json
 import os
 
-import pytest
-
-from data_pipeline import prepare
+from conftest import SYNTHETIC_CONFIG as CONFIG, tiny_synthetic_overrides
 from tvr_jax import ablation, cli
 
-CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "synthetic.py")
 
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("prepared"))
-    prepare.prepare("synthetic", out, progress=False)
-    return out
-
-
-def test_ablate_runs_every_variant(data, tmp_path, capsys):
+def test_ablate_runs_every_variant(synthetic_data, tmp_path, capsys):
     work = str(tmp_path / "ablation")
-    tiny = [f"--config.data_dir={data}", "--config.global_batch_size=8", "--config.model.max_frames=4",
-            "--config.model.temporal_layers=1", "--config.total_steps=1", "--config.log_every=1",
-            "--config.checkpoint_every=1", "--config.eval.batch_size=8"]
+    tiny = tiny_synthetic_overrides(synthetic_data) + ["--config.total_steps=1", "--config.checkpoint_every=1"]
     assert cli.main(["ablate", "--config", CONFIG, "--workdir", work, "--seeds", "0"] + tiny) == 0
     with open(os.path.join(work, "ablation.json")) as f:
         record = json.load(f)

@@ -11,21 +11,18 @@ import pytest
 from data_pipeline import prepare
 from tvr_jax import cli, clip, metrics
 
-CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "synthetic.py")
+from conftest import SYNTHETIC_CONFIG as CONFIG, tiny_synthetic_overrides
+from data_pipeline import synthetic
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("prepared"))
-    prepare.prepare("synthetic", out, progress=False)
-    return out
+def data(synthetic_data):
+    return synthetic_data
 
 
 def test_prepare_train_resume_eval(data, tmp_path, capsys):
     work = str(tmp_path / "run")
-    tiny = [f"--config.data_dir={data}", "--config.global_batch_size=8", "--config.model.max_frames=4",
-            "--config.model.temporal_layers=1", "--config.log_every=1", "--config.checkpoint_every=2",
-            "--config.eval.batch_size=8"]
+    tiny = tiny_synthetic_overrides(data) + ["--config.checkpoint_every=2"]
     assert cli.main(["train", "--config", CONFIG, "--workdir", work, "--config.total_steps=2"] + tiny) == 0
     # The same command with more steps resumes from step 2.
     assert cli.main(["train", "--config", CONFIG, "--workdir", work, "--config.total_steps=3"] + tiny) == 0
@@ -34,7 +31,7 @@ def test_prepare_train_resume_eval(data, tmp_path, capsys):
     assert cli.main(["eval", "--config", CONFIG, "--workdir", work, "--config.total_steps=3"] + tiny) == 0
     with open(os.path.join(work, "eval", "metrics.json")) as f:
         report = json.load(f)
-    assert report["counts"]["captions"] == report["counts"]["videos"] == 100
+    assert report["counts"]["captions"] == report["counts"]["videos"] == synthetic.TEST_VIDEOS
     assert report["checkpoint"]["step"] == 3
     assert 0.0 <= report["t2v"]["R@1"] <= 100.0 and report["t2v"]["MnR"] >= 1.0
     assert "| raw |" in capsys.readouterr().out
@@ -49,8 +46,8 @@ def test_prepare_train_resume_eval(data, tmp_path, capsys):
     from tvr_jax import search
 
     manifest, video_ids, arrays = search.load_index(index)
-    assert manifest["num_videos"] == len(video_ids) == arrays["frames"].shape[0] == 100
-    query = "a red square moves north and a blue circle moves west"
+    assert manifest["num_videos"] == len(video_ids) == arrays["frames"].shape[0] == synthetic.TEST_VIDEOS
+    query = "at first there is a big red circle and then a small blue square"
     chunked = search.search(index, query, top_k=5, chunk=16)
     whole = search.search(index, query, top_k=5, chunk=4096)
     assert [v for v, _ in chunked] == [v for v, _ in whole] and len(chunked) == 5
@@ -100,38 +97,48 @@ def test_zero_shot_equals_plain_clip_cosine(data, tmp_path):
     assert report["t2v"] == pytest.approx(ref["t2v"]) and report["v2t"] == pytest.approx(ref["v2t"])
 
 
-def test_validation_selection_picks_the_best_kept_checkpoint(data, tmp_path, monkeypatch):
-    """With a 'val' split, every kept checkpoint is scored on it and the best one is reported."""
-    from configs.synthetic import get_config
-    from tvr_jax import evaluate, sharding
+def test_validation_during_training_keeps_and_reports_the_best(tmp_path, capsys):
+    """A tiny MSVD-layout set (train / val / test): validation runs in the loop on the real 'val'
+    split, its scores go to metrics.jsonl and into the checkpoints, orbax keeps the newest and the
+    best, and `tvr-jax eval` reports the best recorded step."""
+    import pickle
 
-    cfg = get_config()
-    cfg.data_dir = data
-    monkeypatch.setattr(evaluate, "_has_split", lambda cfg, split: split == "val")
-    steps = {"calls": []}
+    from test_data_fixtures import write_counting_clip
 
-    class Manager:
-        def all_steps(self):
-            return [10, 20, 30]
-
-        def close(self):
-            pass
-
-    def fake_restore(cfg, workdir, step, mesh):
-        steps["calls"].append(step)
-        return None, step, step
-
-    def fake_score(cfg, model, params, mesh, split):
-        assert split == "val"  # never the test split
-        r1 = {10: 5.0, 20: 9.0, 30: 7.0}[params]
-        return {"t2v": {"R@1": r1}, "v2t": {"R@1": r1}}, None, None, None, None
-
+    src, data, work = tmp_path / "src", str(tmp_path / "data"), str(tmp_path / "run")
+    (src / "videos").mkdir(parents=True)
+    (src / "annotations").mkdir()
+    splits = {"train": [f"tr{i}" for i in range(4)], "val": ["va0", "va1", "va2"], "test": ["te0", "te1"]}
+    captions = {}
+    for split, ids in splits.items():
+        (src / "annotations" / f"{split}_list.txt").write_text("\n".join(ids) + "\n")
+        for i, vid in enumerate(ids):
+            write_counting_clip(str(src / "videos" / f"{vid}.mp4"), seconds=i + 1, height=32, width=32)
+            captions[vid] = [["a", "clip", "of", str(i + 1), "seconds"], ["gray", split, "video", str(i)]]
+    with open(src / "annotations" / "raw-captions.pkl", "wb") as f:
+        pickle.dump(captions, f)
+    prepare.prepare("msvd", data, str(src / "videos"), str(src / "annotations"), max_frames=4, short_side=32,
+                    workers=1, tagger="fallback", progress=False)
+    config = os.path.join(os.path.dirname(CONFIG), "msvd_vit_b32.py:tiny")
+    args = ["--config", config, "--workdir", work, f"--config.data_dir={data}", "--config.total_steps=3",
+            "--config.eval_every=1", "--config.checkpoint_every=3", "--config.keep_checkpoints=1"]
+    assert cli.main(["train"] + args) == 0
+    with open(os.path.join(work, "metrics.jsonl")) as f:
+        recorded = {m["step"]: m for m in map(json.loads, f) if "val_score" in m}
+    assert sorted(recorded) == [1, 2, 3]
+    for m in recorded.values():
+        assert 0.0 <= m["val_t2v_R@1"] <= 100.0 and 0.0 <= m["val_v2t_R@1"] <= 100.0
+        assert m["val_score"] == pytest.approx(m["val_t2v_R@1"] + m["val_v2t_R@1"])
+    best = max(recorded, key=lambda s: (recorded[s]["val_score"], s))
     from tvr_jax import train
 
-    monkeypatch.setattr(train, "checkpoint_manager", lambda workdir, keep: Manager())
-    monkeypatch.setattr(train, "restore_params", fake_restore)
-    monkeypatch.setattr(evaluate, "_score_split", fake_score)
-    step, why = evaluate.select_checkpoint(cfg, str(tmp_path), sharding.make_mesh((1, 1), jax.devices()[:1]))
-    assert step == 20 and "validation" in why and steps["calls"] == [10, 20, 30]
-    monkeypatch.setattr(evaluate, "_has_split", lambda cfg, split: False)
-    assert evaluate.select_checkpoint(cfg, str(tmp_path), None) == (30, "last checkpoint (no separate validation split)")
+    manager = train.checkpoint_manager(work, 1)
+    assert manager.all_steps() == sorted({best, 3})  # the newest (resume) and the best
+    assert manager.metrics(best)["val_score"] == pytest.approx(recorded[best]["val_score"])
+    manager.close()
+    assert cli.main(["eval"] + args) == 0
+    with open(os.path.join(work, "eval", "metrics.json")) as f:
+        report = json.load(f)
+    assert report["checkpoint"]["step"] == best and "best validation score" in report["checkpoint"]["selection"]
+    assert report["counts"]["videos"] == 2  # the test split
+    capsys.readouterr()

@@ -216,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "paper's sets, like the release (stops if spaCy or the model is missing), fallback for synthetic")
     p.add_argument("--spacy-model", default="en_core_web_md", choices=["en_core_web_md", "en_core_web_sm", "en_core_web_lg"],
                    help="spaCy model of --tagger spacy (the release's: en_core_web_md)")
-    p.add_argument("--synthetic-scale", type=int, default=1, help="synthetic set: multiply its 400 train / 100 test videos")
+    p.add_argument("--synthetic-scale", type=int, default=1, help="synthetic set: multiply its 1,920 train / 120 test videos")
     p.add_argument("--synthetic-seed", type=int, default=0)
     p.add_argument("--rebuild", action="store_true", help="prepare again even if DATA_DIR already holds the set")
     p.add_argument("--keep-work", action="store_true", help="keep the per-video decode cache (DATA_DIR/_work) after success")
