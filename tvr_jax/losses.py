@@ -38,10 +38,14 @@ def _check_temperature(temperature) -> None:
         raise ValueError(f"temperature must be > 0, got {temperature!r}")
 
 
-def _check_video_ids(video_ids, size: int) -> None:
+def _exclude_repeated_videos(sim, video_ids):
+    """`exclude_same_video` for a square S whose pair i is row i and column i."""
+    size = sim.shape[0]
     if tuple(video_ids.shape) != (size,) or not jnp.issubdtype(video_ids.dtype, jnp.integer):
         raise ValueError(f"video_ids must hold one integer video id per pair, shape ({size},), got "
                          f"{video_ids.dtype} {tuple(video_ids.shape)}")
+    ids = jnp.arange(size)
+    return exclude_same_video(sim, query_ids=ids, key_ids=ids, query_videos=video_ids, key_videos=video_ids)
 
 
 def _check_square(sim) -> None:
@@ -149,8 +153,7 @@ def negnce_parts(sim, *, temperature=0.01, lambda_pos=1.0, lambda_neg=0.5, delta
     sim = sim.astype(jnp.promote_types(sim.dtype, jnp.float32))
     ids = jnp.arange(sim.shape[0])
     if video_ids is not None:
-        _check_video_ids(video_ids, sim.shape[0])
-        sim = exclude_same_video(sim, query_ids=ids, key_ids=ids, query_videos=video_ids, key_videos=video_ids)
+        sim = _exclude_repeated_videos(sim, video_ids)
     diag = jnp.diagonal(sim)  # taken after the exclusion, which never touches it: one use of sim, one gradient path
     sums = negnce_block_sums(
         sim, query_ids=ids, key_ids=ids, query_diag=diag, key_diag=diag,
@@ -178,9 +181,7 @@ def dmae_loss_and_parts(sim, *, temperature=0.01, lambda_pos=1.0, lambda_neg=0.5
     kw = dict(temperature=temperature, lambda_pos=lambda_pos, lambda_neg=lambda_neg, delta=delta)
     if video_ids is not None:  # once for both directions (the mask is symmetric)
         _check_square(sim)
-        _check_video_ids(video_ids, sim.shape[0])
-        ids = jnp.arange(sim.shape[0])
-        sim = exclude_same_video(sim, query_ids=ids, key_ids=ids, query_videos=video_ids, key_videos=video_ids)
+        sim = _exclude_repeated_videos(sim, video_ids)
     t2v = negnce_parts(sim, **kw)
     v2t = negnce_parts(sim.T, **kw)
     loss = 0.5 * (t2v["loss"] + v2t["loss"])

@@ -383,7 +383,7 @@ def train(cfg, workdir: str, make_batches: MakeBatches, *, mesh: Mesh | None = N
     if cfg.data_dir:  # word weights from another tagger than data.tagger change the method: say so loudly
         from data_pipeline.prepare import tagger_warning
 
-        if warning := tagger_warning(cfg.data_dir, cfg.dataset, cfg.data.get("tagger", "spacy:en_core_web_md")):
+        if warning := tagger_warning(cfg.data_dir, cfg.dataset, cfg.data.tagger):
             log.warning(warning)
     mesh = mesh or sharding.make_mesh(tuple(cfg.mesh_shape))
     if cfg.global_batch_size % (sharding.num_batch_shards(mesh) * cfg.accumulation_steps):
