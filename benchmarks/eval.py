@@ -6,7 +6,7 @@ MSR-VTT shapes (T = 12 frames, L = 32 tokens) and paragraph-set shapes (T = 64, 
 Part 2: latency of `search.rank_videos` (one query, top-10) over a 100,000-video index stored
 as float16 .npy and memory-mapped, as `tvr-jax search` reads it.
 
-    python benchmarks/eval.py [--sizes 1000 5000] [--paragraph-sizes 1000] [--index-videos 100000]
+    python -m benchmarks.eval [--sizes 1000 5000] [--paragraph-sizes 1000] [--index-videos 100000]
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 
@@ -22,7 +21,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from benchmarks.report import eval_tables
 from benchmarks.results_io import print_tables, write_results
 from tvr_jax.objective import LossConfig, similarity_matrix

@@ -5,7 +5,7 @@ Three jobs, ViT-B/32 at MSR-VTT's shapes (12 frames, 32 words), float32, this ma
   encode_captions  64 captions -> sentence and word tokens (text tower forward);
   score            S of 1000 texts x 1000 videos, `att_ti` with visual + textual attention (the
                    paper's test-time score), on the same random features on both sides.
-ours: `tvr_jax.evaluate.encoder`, compiled once (what `tvr-jax eval` runs per batch), and
+ours: `tvr_jax.evaluate.compile_encoder`, compiled once (what `tvr-jax eval` runs per batch), and
       `tvr_jax.evaluate.score` on a one-device mesh, as is: it compiles at every call, as it does
       once per evaluation, so its time includes compilation;
 peer: `benchmarks/torch_reference.py` under torch.inference_mode: transformers' CLIP towers, and
@@ -14,8 +14,8 @@ Both sides start from the same weights (the peer writes them, ours loads them) a
 in its own process (`side_by_side.py`); the run stops unless features and scores agree. The last
 table estimates one whole MSR-VTT 1k-A evaluation (1000 videos, 1000 captions) from the medians.
 
-    python benchmarks/eval_step.py [--rounds 3] [--score-n 1000]
-    python benchmarks/eval_step.py --config configs/msrvtt_vit_b32.py:tiny --score-n 600 --rounds 1   # a smoke run
+    python -m benchmarks.eval_step [--rounds 3] [--score-n 1000]
+    python -m benchmarks.eval_step --config configs/msrvtt_vit_b32.py:tiny --score-n 600 --rounds 1   # a smoke run
 """
 
 from __future__ import annotations
@@ -24,13 +24,11 @@ import argparse
 import contextlib
 import math
 import os
-import sys
 import tempfile
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from benchmarks import flops
 from benchmarks.results_io import print_tables, table, write_results
 from benchmarks.side_by_side import Worker, alternate, keep_freed_host_memory, serve
@@ -46,12 +44,12 @@ FEATURE_KEYS = ("frames", "t_cls", "words", "word_mask")
 
 def _config(config: str, hf_dir: str = ""):
     """(config, model, CLIP parameters or None): ours loads the peer's weights from `hf_dir`."""
-    from tvr_jax import train
+    from tvr_jax import experiment
     from tvr_jax.config_io import load_config
 
     cfg = load_config(config, OVERRIDES)
     cfg.init_checkpoint = hf_dir
-    return (cfg, *train.build_model(cfg))
+    return (cfg, *experiment.build_model(cfg))
 
 
 def _inputs(m, score_n: int) -> tuple[dict, dict, tuple[dict, dict]]:
@@ -68,7 +66,7 @@ def ours_jobs(config: str, hf_dir: str, score_n: int) -> tuple[dict, dict]:
 
     import jax
 
-    from tvr_jax import evaluate, sharding, train
+    from tvr_jax import evaluate, experiment, sharding
     from tvr_jax.models.retrieval import init_from_clip
 
     cfg, model, clip_params = _config(config, hf_dir)
@@ -76,16 +74,16 @@ def ours_jobs(config: str, hf_dir: str, score_n: int) -> tuple[dict, dict]:
     params = init_from_clip(m, model.init(jax.random.PRNGKey(0), *model.dummy_batch(1))["params"], clip_params)
     mesh = sharding.make_mesh((1, 1), jax.devices()[:1])
     clips, captions, (texts, videos) = _inputs(m, score_n)
-    lcfg = dataclasses.replace(train.loss_config(cfg), block_size=cfg.eval.block_size)
+    loss_cfg = dataclasses.replace(experiment.loss_config(cfg), block_size=cfg.eval.block_size)
     ready, jobs = {}, {}
     for job, kind, batch in (("encode_videos", "videos", clips), ("encode_captions", "captions", captions)):
-        step, keys = evaluate.encoder(model, mesh, kind)
+        step, keys = evaluate.compile_encoder(model, mesh, kind)
         x = jax.device_put({k: batch[k] for k in keys}, sharding.batch_sharding(mesh))
         t0 = time.perf_counter()
         compiled = step.lower(params, x).compile()
         ready[f"{job}_compile_s"] = time.perf_counter() - t0
         jobs[job] = lambda compiled=compiled, x=x: jax.device_get(compiled(params, x))
-    jobs["score"] = lambda: evaluate.score(texts, videos, m.interaction, lcfg, mesh)
+    jobs["score"] = lambda: evaluate.score(texts, videos, m.interaction, loss_cfg, mesh)
     return jobs, ready
 
 
@@ -221,7 +219,7 @@ def main() -> None:
     m = _config(args.config)[1].config
     with tempfile.TemporaryDirectory() as hf_dir, contextlib.ExitStack() as workers:
         spawn = lambda side: workers.enter_context(
-            Worker(__file__, side, ["--config", args.config, "--hf-dir", hf_dir, "--score-n", str(args.score_n)]))
+            Worker("benchmarks.eval_step", side, ["--config", args.config, "--hf-dir", hf_dir, "--score-n", str(args.score_n)]))
         peer = spawn("PyTorch")  # writes the weights that ours then reads
         ours = spawn("ours")
         diffs = parity({w.side: w.ask("run outputs") for w in (ours, peer)})

@@ -11,20 +11,17 @@ MFU counts the towers' matmul FLOPs by hand (`flops.py`), so it is the conservat
 XLA's cost_analysis of the whole step is printed beside it. Inputs are random device arrays:
 this measures the step, not the input pipeline.
 
-    python benchmarks/gpu_check.py [--batch 128] [--steps 10] [--out benchmarks/results/gpu_check.json]
-    python benchmarks/gpu_check.py --config configs/msrvtt_vit_b32.py:tiny --batch 8    # a CPU smoke run
+    python -m benchmarks.gpu_check [--batch 128] [--steps 10] [--out benchmarks/results/gpu_check.json]
+    python -m benchmarks.gpu_check --config configs/msrvtt_vit_b32.py:tiny --batch 8    # a CPU smoke run
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from benchmarks import flops
 from benchmarks.results_io import print_tables, table, write_results
 from benchmarks.train_step import BASELINE_OVERRIDES, Ours, Peer, make_batch
@@ -63,10 +60,10 @@ def main() -> None:
     peak_flops = peak["peak_flops"]
     print(f"bf16 matmul peak: {peak_flops / 1e12:.1f} TFLOP/s ({peak['all']} GFLOP/s)", flush=True)
 
-    from tvr_jax import train
+    from tvr_jax import experiment
     from tvr_jax.config_io import load_config
 
-    m = train.build_model(load_config(args.config))[0].config
+    m = experiment.build_model(load_config(args.config))[0].config
     frames, words, batch = m.max_frames, m.max_words, args.batch
     model_flops = flops.meanp_step_flops(m.clip, batch, frames, words)["total"]  # the towers', by hand
     runs, memory = [], {}

@@ -6,7 +6,7 @@
 #
 #   bash benchmarks/gpu_check.sh [--out-dir DIR] [--batch 128] [--steps 10]
 # Results: DIR/gpu_check.json. DIR: --out-dir, else $TVR_RESULTS_DIR, else benchmarks/results
-# (where `python benchmarks/report.py` reads them for BENCHMARKS.md).
+# (where `python -m benchmarks.report` reads them for BENCHMARKS.md).
 set -euo pipefail
 out_dir="${TVR_RESULTS_DIR:-}"
 if [ "${1:-}" = "--out-dir" ]; then
@@ -26,6 +26,6 @@ if [ -n "$missing" ]; then
   exit 2
 fi
 # No preallocation: the PyTorch peer shares the GPU in the same process.
-export PYTHONPATH="$PWD:${PYTHONPATH:-}" PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
+export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv,noheader || true
-timeout 290 python3 benchmarks/gpu_check.py --out "$out_dir/gpu_check.json" "$@"
+timeout 290 python3 -m benchmarks.gpu_check --out "$out_dir/gpu_check.json" "$@"

@@ -1,6 +1,6 @@
 """Clips per second: the prepared-dataset tf.data pipeline vs decoding the same videos with decord on the fly.
 
-    python benchmarks/input_pipeline.py [--clips 32] [--seconds 15] [--batch 16] [--out benchmarks/results/input_pipeline.json]
+    python -m benchmarks.input_pipeline [--clips 32] [--seconds 15] [--batch 16] [--out benchmarks/results/input_pipeline.json]
 
 1. Writes `--clips` MSR-VTT-like videos (320x240, 25 fps, H.264 with the encoder's default GOP,
    a drifting texture plus moving shapes so P-frames carry real motion), and prepares them
@@ -24,13 +24,10 @@ import json
 import multiprocessing
 import os
 import platform
-import sys
 import tempfile
 import time
 
 import numpy as np
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.results_io import print_tables, table, write_results
 from data_pipeline import prepare as prep

@@ -1,6 +1,6 @@
 """Where benchmark results go: one JSON per script, with the machine, the command and the tables that made it.
 
-A results file is {"meta": {...}, "tables": [table, ...], **raw payload}. `benchmarks/report.py`
+A results file is {"meta": {...}, "tables": [table, ...], **raw payload}. `benchmarks.report`
 renders BENCHMARKS.md from the "meta" and "tables" entries; the raw payload keeps every number
 the script measured, for anyone who wants more than the tables show.
 """
@@ -34,12 +34,21 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def command_line(shown=str) -> str:
+    """How this process was started, as typed from the repository root: `python -m benchmarks.NAME ARGS`.
+
+    `shown` rewrites each argument for the record (e.g. a machine-specific folder)."""
+    spec = getattr(sys.modules["__main__"], "__spec__", None)
+    program = ["-m", spec.name] if spec is not None else [sys.argv[0]]
+    return " ".join(["python", *program, *(shown(a) for a in sys.argv[1:])])
+
+
 def machine_meta() -> dict:
     import jax
 
     return {"cpu": cpu_model(), "cpus": os.cpu_count(), "jax": jax.__version__, "backend": jax.default_backend(),
             "device_kind": jax.devices()[0].device_kind, "date": time.strftime("%Y-%m-%d"),
-            "command": "python " + " ".join(sys.argv)}
+            "command": command_line()}
 
 
 def write_results(path: str, *, tables: list[dict] | None = None, **payload) -> None:

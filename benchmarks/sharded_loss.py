@@ -6,7 +6,7 @@ to 4096 on 1 and 8 fake CPU devices, at MSR-VTT shapes (T = 12 frames, L = 32 wo
 Part 2 (time): median train-step time of the tiny config with DMAE + NegNCE + TPM-CL against
 meanP + InfoNCE (cosine of pooled features), measured side by side in one process.
 
-    python benchmarks/sharded_loss.py [--out benchmarks/results/sharded_loss.json] [--skip-time]
+    python -m benchmarks.sharded_loss [--out benchmarks/results/sharded_loss.json] [--skip-time]
 """
 
 from __future__ import annotations
@@ -18,14 +18,12 @@ os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_p
 import argparse
 import json
 import statistics
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from benchmarks.report import sharded_loss_tables
 from benchmarks.results_io import print_tables, write_results
 from tvr_jax import sharding
@@ -64,7 +62,7 @@ def loss_memory(batch: int, devices: int) -> dict:
 
 def step_times(variant: str, steps: int = 12) -> dict:
     from configs.synthetic import get_config
-    from tvr_jax import train
+    from tvr_jax import experiment, train
     from tvr_jax.optim import make_optimizer
 
     cfg = get_config()
@@ -75,10 +73,10 @@ def step_times(variant: str, steps: int = 12) -> dict:
     elif variant == "method_meanP":  # DMAE + NegNCE + TPM-CL with the same temporal module
         cfg.model.temporal = "meanP"
     mesh = sharding.make_mesh((1, 1), jax.devices()[:1])
-    model, _ = train.build_model(cfg)
+    model, _ = experiment.build_model(cfg)
     optimizer = make_optimizer(cfg.optim, cfg.total_steps)
-    state, shardings = train.create_train_state(cfg, model, optimizer, mesh)
-    step = train.make_train_step(model, train.loss_config(cfg), optimizer, mesh, shardings)
+    state, shardings = experiment.create_train_state(cfg, model, optimizer, mesh)
+    step = train.make_train_step(model, experiment.loss_config(cfg), optimizer, mesh, shardings)
     rng = np.random.default_rng(0)
     b, size = cfg.global_batch_size, model.config.clip.image_size
     ids = np.zeros((b, cfg.model.max_words), np.int32)

@@ -1,7 +1,7 @@
 """Ours and the PyTorch peer side by side: each in its own process, driven over pipes by one parent.
 
 Each side gets its own process (its own thread pool, allocator settings and XLA_FLAGS, which are
-read once per process). A benchmark script is both the parent and, run with `--serve SIDE`, the
+read once per process). A benchmark module is both the parent and, run with `--serve SIDE`, the
 worker: the worker builds its side's jobs and hands them to `serve`; the parent starts it with
 `Worker`, asks `run JOB` (one call, its JSON result back) or `time JOB`, and alternates the two
 sides round by round, so a load on the machine hits both alike.
@@ -60,13 +60,19 @@ def serve(jobs: dict[str, Callable[[], object]], ready: dict) -> None:
             return
 
 
-class Worker:
-    """`python SCRIPT --serve SIDE ARGS...` as a child process; `ready` is what its `serve` said first."""
+# The folder holding the `benchmarks` package: a worker imports the same code as its parent,
+# whatever its working directory.
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-    def __init__(self, script: str, side: str, args: list[str], xla_flags: str = ""):
+
+class Worker:
+    """`python -m MODULE --serve SIDE ARGS...` as a child process; `ready` is what its `serve` said first."""
+
+    def __init__(self, module: str, side: str, args: list[str], xla_flags: str = ""):
         env = dict(os.environ)
         env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + xla_flags).strip()
-        cmd = [sys.executable, script, "--serve", side, *args]
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH")) if p)
+        cmd = [sys.executable, "-m", module, "--serve", side, *args]
         self.side = side
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
         self.ready = self._read()

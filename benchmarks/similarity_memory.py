@@ -4,21 +4,18 @@ The blockwise loop must keep memory bounded: only the (B_t, B_v) output may grow
 the (B_t, B_v, L, T) token grid. Memory comes from XLA's compiled `memory_analysis` (no run),
 so it is exact for the compiled program and cheap to measure at real shapes.
 
-    python benchmarks/similarity_memory.py [--out benchmarks/results/similarity_memory.json]
+    python -m benchmarks.similarity_memory [--out benchmarks/results/similarity_memory.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from benchmarks.report import similarity_memory_tables
 from benchmarks.results_io import print_tables, write_results
 from tvr_jax.similarity import dmae_similarity

@@ -8,7 +8,7 @@ but the retrieved video's shots lack is shown in one of its cut-aways (an isolat
 caption of that video does not mention: what the visual attention is meant to discount).
 Reads a run folder (`tvr-jax demo --workdir DIR`, or one run of `tvr-jax ablate`).
 
-    python benchmarks/synthetic_confusions.py DIR [--data-dir DATA]
+    python -m benchmarks.synthetic_confusions DIR [--data-dir DATA]
 """
 
 from __future__ import annotations
@@ -17,16 +17,14 @@ import argparse
 import collections
 import json
 import os
-import sys
 
 import jax
 import ml_collections
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from benchmarks.results_io import print_tables, table, write_results
 from data_pipeline.synthetic import ATTRIBUTES
-from tvr_jax import evaluate, sharding, train
+from tvr_jax import evaluate, experiment, sharding
 
 
 def differing(a: dict, b: dict) -> tuple[int, tuple[str, ...]]:
@@ -60,7 +58,7 @@ def main() -> None:
     args = parser.parse_args()
     cfg = load_run_config(args.workdir, args.data_dir)
     mesh = sharding.make_mesh((1, 1), jax.devices()[:1])
-    model, params, step = train.restore_params(cfg, args.workdir, None, mesh)
+    model, params, step = experiment.restore_params(cfg, args.workdir, None, mesh)
     report, sim, texts, videos, stream = evaluate._score_split(cfg, model, params, mesh, cfg.eval.split)
     with open(os.path.join(cfg.data_dir, "synthetic_source", "synthetic_meta.json")) as f:
         scenes = json.load(f)["scenes"]

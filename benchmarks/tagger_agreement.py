@@ -1,6 +1,6 @@
 """How often the built-in fallback tagger gives the word weights spaCy gives (docs/method.md section 2.2).
 
-    python benchmarks/tagger_agreement.py --models en_core_web_md [en_core_web_sm ...] \
+    python -m benchmarks.tagger_agreement --models en_core_web_md [en_core_web_sm ...] \
         --captions benchmarks/data/captions_msrvtt_style.txt benchmarks/data/captions_activitynet_style.txt
 
 Needs spaCy and the models (`pip install -e '.[spacy]'`, `python -m spacy download en_core_web_md`),
@@ -23,13 +23,11 @@ import os
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:  # run as a script
-    sys.path.insert(0, ROOT)
+from benchmarks.results_io import command_line, cpu_model, table  # standard library only
+from data_pipeline import word_weights
+from data_pipeline.tokenizer import default_tokenizer
 
-from benchmarks.results_io import cpu_model, table  # noqa: E402  (standard library only)
-from data_pipeline import word_weights  # noqa: E402
-from data_pipeline.tokenizer import default_tokenizer  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load_spacy(spec: str):
@@ -134,7 +132,7 @@ def main() -> int:
 
     models = {label: {"model": t.model, "model_version": t.model_version, "name": t.name} for label, t in taggers.items()}
     meta = {"cpu": cpu_model(), "cpus": os.cpu_count(), "spacy": spacy.__version__, "date": time.strftime("%Y-%m-%d"),
-            "command": "python " + " ".join(_shown(a) for a in sys.argv), "models": models}
+            "command": command_line(_shown), "models": models}
     names = ", ".join(f"{label} = {m['name']}" for label, m in models.items())
     tables = [
         table(f"Word weights: fallback tagger against spaCy ({names})",

@@ -1,17 +1,18 @@
 """Train-step memory per device (ViT-B, 12 frames) from the compiled step's memory_analysis.
 
 Compiles (does not run) the train step of a config at two per-device batch sizes, for three
-variants: no rematerialisation, `model.remat=True` (per-block parameters, run as a
-rematerialised loop), and `model.remat=True model.scan_layers=True` (stacked parameters, a
-rematerialised scan). It reports the fixed bytes (parameters, Adam state, the step's
-batch-independent temporaries) and the bytes per clip (activations kept for the backward pass
-plus the clip's inputs), then the largest batch per device that fits each memory budget.
+variants: no rematerialisation, `model.remat=True` (the blocks as a rematerialised `nn.scan`
+over stacked parameters, keeping only each block's input), and the same with the
+`dots_with_no_batch_dims_saveable` remat policy (each block also keeps its Dense outputs). It
+reports the fixed bytes (parameters, Adam state, the step's batch-independent temporaries) and
+the bytes per clip (activations kept for the backward pass plus the clip's inputs), then the
+largest batch per device that fits each memory budget.
 
 The figures are the buffer assignment of the XLA compiler of the backend it runs on (CPU unless
 a GPU is visible). A GPU compiler schedules differently and, below its memory limit, need not
 minimise memory: treat CPU figures as an estimate of a GPU's. See benchmarks/notes/train_memory.md.
 
-    python benchmarks/train_memory.py [--config configs/msrvtt_vit_b32.py] [--budgets-gib 80 16]
+    python -m benchmarks.train_memory [--config configs/msrvtt_vit_b32.py] [--budgets-gib 80 16]
 """
 
 from __future__ import annotations
@@ -28,26 +29,21 @@ import jax.numpy as jnp
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from benchmarks.results_io import print_tables, table, write_results
-from tvr_jax import sharding, train
+from tvr_jax import experiment, sharding, train
 from tvr_jax.config_io import load_config
 from tvr_jax.optim import make_optimizer
 
 GiB, MiB = 2**30, 2**20
-VARIANTS = {  # name -> config overrides
+VARIANTS = {  # name -> config overrides. `remat` implies the scanned layout (`CLIPConfig.stacked_layers`).
     "no remat": ["model.remat=False", "model.scan_layers=False"],
     "remat": ["model.remat=True", "model.scan_layers=False"],
-    "remat + scan_layers": ["model.remat=True", "model.scan_layers=True"],
+    "remat, dots_with_no_batch_dims_saveable": ["model.remat=True", "model.scan_layers=False",
+                                                "model.remat_policy=dots_with_no_batch_dims_saveable"],
 }
 
 
 def _nbytes(tree) -> int:
     return sum(math.prod(x.shape) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
-
-
-def _init(cfg, model, optimizer):
-    params = model.init(jax.random.PRNGKey(0), *model.dummy_batch(1))["params"]
-    return train.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
-                            bad_step=jnp.zeros((), jnp.int32), bad_parts=jnp.zeros((), jnp.int32))
 
 
 def compiled_bytes(cfg, batch: int) -> dict:
@@ -57,8 +53,9 @@ def compiled_bytes(cfg, batch: int) -> dict:
     mesh = sharding.make_mesh((1, 1), jax.devices()[:1])
     model, _ = train.build_model(cfg)
     optimizer = make_optimizer(cfg.optim, cfg.total_steps)
-    state_shape = jax.eval_shape(lambda: _init(cfg, model, optimizer))
-    shardings = train.state_shardings(state_shape, mesh)
+    # The training run's own state, traced only: shapes and shardings, no parameters allocated.
+    state_shape = jax.eval_shape(lambda: experiment.create_train_state(cfg, model, optimizer, mesh)[0])
+    shardings = sharding.fsdp_shardings(state_shape, mesh)
     step = train.make_train_step(model, train.loss_config(cfg), optimizer, mesh, shardings)
     t, l, s = cfg.model.max_frames, cfg.model.max_words, model.config.clip.image_size
     spec = sharding.batch_sharding(mesh)

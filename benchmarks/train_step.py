@@ -14,8 +14,8 @@ output features), for MFU per tower.
 MFU = model FLOPs (`flops.py`: counted by hand, checked against the jaxpr and XLA's
 cost_analysis) / step time / the best float32 matmul rate measured in this same run.
 
-    python benchmarks/train_step.py                        # tiny and ViT-B/32 (12 frames, 32 words)
-    python benchmarks/train_step.py --options              # XLA / dtype variants -> xla_cpu_options.json
+    python -m benchmarks.train_step                        # tiny and ViT-B/32 (12 frames, 32 words)
+    python -m benchmarks.train_step --options              # XLA / dtype variants -> xla_cpu_options.json
 
 Each `--options` variant (XLA_FLAGS are read once per process) runs ours alone in a fresh
 process at ViT-B/32; PyTorch float32 and bfloat16 autocast run the same way beside them.
@@ -26,14 +26,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
-import sys
 import tempfile
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from benchmarks import flops
 from benchmarks.results_io import print_tables, table, write_results
 from benchmarks.side_by_side import Worker, alternate, keep_freed_host_memory, serve
@@ -92,19 +89,19 @@ class Ours:
     def __init__(self, config: str, batch: int, overrides: list[str], init_checkpoint: str = ""):
         import jax
 
-        from tvr_jax import sharding, train
+        from tvr_jax import experiment, sharding, train
         from tvr_jax.config_io import load_config
         from tvr_jax.optim import make_optimizer
 
         cfg = load_config(config, overrides + [f"global_batch_size={batch}"])
         cfg.init_checkpoint = init_checkpoint
         mesh = sharding.make_mesh((1, 1), jax.devices()[:1])
-        self.model, clip_params = train.build_model(cfg)
+        self.model, clip_params = experiment.build_model(cfg)
         optimizer = make_optimizer(cfg.optim, cfg.total_steps)
-        self.state, shardings = train.create_train_state(cfg, self.model, optimizer, mesh, clip_params)
+        self.state, shardings = experiment.create_train_state(cfg, self.model, optimizer, mesh, clip_params)
         m = self.model.config
         self.batch = jax.device_put(make_batch(m.clip, m.max_frames, m.max_words, batch), sharding.batch_sharding(mesh))
-        step = train.make_train_step(self.model, train.loss_config(cfg), optimizer, mesh, shardings)
+        step = train.make_train_step(self.model, experiment.loss_config(cfg), optimizer, mesh, shardings)
         t0 = time.perf_counter()
         compiled = step.lower(self.state, self.batch).compile()
         self.compile_s = time.perf_counter() - t0
@@ -187,10 +184,10 @@ def serve_side(side: str, setting: str, hf_dir: str, overrides: list[str], keep_
     config, batch, _ = SETTINGS[setting]
     if side in PEER_VARIANTS:
         from benchmarks import torch_reference as ref
-        from tvr_jax import train
+        from tvr_jax import experiment
         from tvr_jax.config_io import load_config
 
-        m = train.build_model(load_config(config, BASELINE_OVERRIDES))[0].config
+        m = experiment.build_model(load_config(config, BASELINE_OVERRIDES))[0].config
         runner = Peer(m.clip, make_batch(m.clip, m.max_frames, m.max_words, batch), bf16=PEER_VARIANTS[side][0])
         if hf_dir:
             ref.save_hf(runner.hf, hf_dir)  # ours loads these weights: the same model on both sides
@@ -207,17 +204,17 @@ def worker(side: str, setting: str, hf_dir: str = "", overrides=(), xla_flags: s
            keep_host_memory: bool = True) -> Worker:
     args = ["--settings", setting, "--hf-dir", hf_dir, "--keep-host-memory", str(int(keep_host_memory)),
             "--overrides", *overrides]
-    return Worker(__file__, side, args, xla_flags)
+    return Worker("benchmarks.train_step", side, args, xla_flags)
 
 
 def compare(name: str, rounds: int, warmup: int) -> dict:
     """Ours and the peer on one setting, on the same weights: loss parity, then alternating timed rounds."""
     config, batch, more = SETTINGS[name]
     rounds *= more
-    from tvr_jax import train
+    from tvr_jax import experiment
     from tvr_jax.config_io import load_config
 
-    m = train.build_model(load_config(config, BASELINE_OVERRIDES))[0].config
+    m = experiment.build_model(load_config(config, BASELINE_OVERRIDES))[0].config
     model_flops = flops.meanp_step_flops(m.clip, batch, m.max_frames, m.max_words)
     with tempfile.TemporaryDirectory() as hf_dir, contextlib.ExitStack() as workers:
         peer = workers.enter_context(worker("PyTorch float32", name, hf_dir))  # writes the weights ours reads

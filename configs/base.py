@@ -3,14 +3,28 @@
 Dataset x backbone files derive from `base_config()` and change what differs. Fields:
   seed, data_dir, dataset, global_batch_size, total_steps, log_every, checkpoint_every,
   keep_checkpoints, eval_every, mesh_shape, accumulation_steps, init_checkpoint,
-  model.*  (RetrievalConfig + the CLIP preset and compute switches),
+  model.*  (RetrievalConfig + the CLIP preset, geometry and compute switches),
   loss.*   (LossConfig: similarity and loss switches),
   optim.*  (optax recipe), data.* (input pipeline), eval.*.
+The model, loss and data defaults are the dataclasses' own (tvr_jax/experiment.py translates
+back field by field), so each default is written once, where it is checked.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import ml_collections
+
+from data_pipeline.input_pipeline import InputConfig
+from tvr_jax.experiment import INPUT_FIELDS, model_fields
+from tvr_jax.models.clip import COMPUTE_SWITCHES, CLIPConfig
+from tvr_jax.models.retrieval import RetrievalConfig
+from tvr_jax.objective import LossConfig
+
+
+def _defaults(instance, names) -> dict:
+    return {name: getattr(instance, name) for name in names}
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -36,30 +50,22 @@ def base_config() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict(dict(
         clip_preset="vit_b32",  # architecture when init_checkpoint is empty: tiny | vit_b32 | vit_b16
         image_size=0, patch_size=0,  # > 0: replace the preset's (random init only)
-        max_frames=12, max_words=32,
-        temporal="seqTransf", temporal_layers=4, patch_tokens=0,
-        interaction="att_ti", wti_mlp=False, tpm=True,
-        dtype="float32", remat=False, scan_layers=False,
+        **_defaults(RetrievalConfig(), model_fields()),  # frames, words, temporal module, interaction, TPM heads
+        **_defaults(CLIPConfig(), COMPUTE_SWITCHES),  # dtype, remat, scan_layers, ...
     ))
-    c.loss = ml_collections.ConfigDict(dict(
-        visual_attention=True, textual_attention=True, gamma=0.5, block_size=64,
-        temperature=0.01, lambda_pos=1.0, lambda_neg=0.5, delta=0.0,
-        lambda_tpm=1.0, partial_type=4, margin=0.6, rho=0.6, normalize_masked_text=False,
-        visual_mask_straight_through=False,  # True: our gradient to the visual weight predictor
-    ))
+    c.loss = ml_collections.ConfigDict(dataclasses.asdict(LossConfig()))
     c.optim = ml_collections.ConfigDict(dict(
         learning_rate=1e-4, clip_lr_coef=1e-3, warmup_fraction=0.1, weight_decay=0.2,
         b1=0.9, b2=0.98, eps=1e-6, grad_clip_norm=1.0,
     ))
     c.data = ml_collections.ConfigDict(dict(
-        random_crop=False, random_flip=False,
-        caption_sampling="random",  # training rows: "random" (one caption per video per epoch) or "all"
+        # random_crop, random_flip, caption_sampling (training rows: "random", one caption per video
+        # per epoch, or "all"), frame_sampling ("uniform" as in testing, the paper's; or
+        # "random_segment"): docs/method.md section 5.1.
+        **_defaults(InputConfig(split="train", training=True, global_batch_size=1), INPUT_FIELDS),
         # Word-weight tagger the prepared set must have used ("spacy:<model>" or "fallback"); training
         # warns when it differs. The release's: spaCy en_core_web_md (docs/method.md section 6.1).
         tagger="spacy:en_core_web_md",
-        # Training frames: "uniform" (linspace, as in testing: CLIP4Clip and the paper) or
-        # "random_segment" (one random frame per segment, an augmentation); docs/method.md section 5.1.
-        frame_sampling="uniform",
     ))
     c.eval = ml_collections.ConfigDict(dict(split="test", batch_size=64, block_size=64))
     return c

@@ -125,8 +125,8 @@ class VideoTextInput:
         self.process_index, self.process_count = process_index, process_count
         self.host_batch_size = config.global_batch_size // process_count
 
-        self._units = self._make_units()
-        n = len(self._units)
+        self._rows = self._make_rows()
+        n = len(self._rows)
         if config.training:
             self.batches_per_epoch = n // config.global_batch_size
             if self.batches_per_epoch == 0:
@@ -195,7 +195,7 @@ class VideoTextInput:
         if c.max_words > 77:
             raise ValueError(f"max_words {c.max_words} exceeds CLIP's context of 77 tokens the dataset stores")
 
-    def _make_units(self) -> np.ndarray:
+    def _make_rows(self) -> np.ndarray:
         """(video_index, caption_index) per row of an epoch, before shuffling; -1: chosen per epoch / none."""
         videos = np.arange(len(self.video_ids))
         c = self.config
@@ -209,7 +209,7 @@ class VideoTextInput:
         return json.dumps({
             "dataset": self.metadata.get("dataset"), "split": c.split, "training": c.training, "seed": c.seed,
             "global_batch_size": c.global_batch_size, "process_index": self.process_index, "process_count": self.process_count,
-            "rows": len(self._units), "caption_sampling": c.caption_sampling if c.training else c.eval_rows,
+            "rows": len(self._rows), "caption_sampling": c.caption_sampling if c.training else c.eval_rows,
             "frame_sampling": c.frame_sampling if c.training else "uniform",
         }, sort_keys=True)
 
@@ -220,7 +220,7 @@ class VideoTextInput:
         same whatever the number of hosts it is split over.
         """
         c, G, B = self.config, self.config.global_batch_size, self.host_batch_size
-        n = len(self._units)
+        n = len(self._rows)
         order = np.random.default_rng([c.seed, epoch, 0x5EED]).permutation(n) if c.training else np.arange(n)
         positions = [
             p for batch in range(start_batch, self.batches_per_epoch)
@@ -237,7 +237,7 @@ class VideoTextInput:
         flip = np.zeros(rows, bool)
         for r, position in enumerate(positions):
             valid[r] = position < n
-            v, k = self._units[order[position] if valid[r] else n - 1]  # padding repeats a real row
+            v, k = self._rows[order[position] if valid[r] else n - 1]  # padding repeats a real row
             rng = np.random.default_rng([c.seed, epoch, position])
             if k < 0 and self.with_text:  # a random caption of this video, new every epoch
                 k = self.caption_offsets[v] + rng.integers(self.num_captions[v])

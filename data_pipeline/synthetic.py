@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import csv
 import io
-import itertools
 import json
 import os
 from typing import Any

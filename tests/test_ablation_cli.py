@@ -5,14 +5,15 @@ import ast
 import json
 import os
 
-from conftest import SYNTHETIC_CONFIG as CONFIG, tiny_synthetic_overrides
+import pytest
+
 from tvr_jax import ablation, cli
 
 
-def test_ablate_runs_every_variant(synthetic_data, tmp_path, capsys):
+def test_ablate_runs_every_variant(synthetic_data, tiny_config, tmp_path, capsys):
     work = str(tmp_path / "ablation")
-    tiny = tiny_synthetic_overrides(synthetic_data) + ["--config.total_steps=1", "--config.checkpoint_every=1"]
-    assert cli.main(["ablate", "--config", CONFIG, "--workdir", work, "--seeds", "0"] + tiny) == 0
+    tiny = tiny_config.args(f"data_dir={synthetic_data}", "total_steps=1", "checkpoint_every=1")
+    assert cli.main(["ablate", "--workdir", work, "--seeds", "0", "--variants", "all"] + tiny) == 0
     with open(os.path.join(work, "ablation.json")) as f:
         record = json.load(f)
     assert list(record["results"]) == list(ablation.VARIANTS)
@@ -34,5 +35,16 @@ def test_ablate_runs_every_variant(synthetic_data, tmp_path, capsys):
     for label in ablation.LABELS.values():
         assert label.replace("*", r"\*") in table
     # A finished ablation is read back, not retrained: the same command is quick and gives the same table.
-    assert cli.main(["ablate", "--config", CONFIG, "--workdir", work, "--seeds", "0"] + tiny) == 0
+    assert cli.main(["ablate", "--workdir", work, "--seeds", "0", "--variants", "all"] + tiny) == 0
     assert capsys.readouterr().out == table
+
+
+def test_variant_groups():
+    """`tvr-jax ablate` runs the paper's cumulative rows unless told otherwise; groups expand in order."""
+    assert ablation.resolve_variants(None) == ablation.PAPER_ROWS
+    assert ablation.PAPER_ROWS[0] == "baseline (cosine, InfoNCE)" and ablation.PAPER_ROWS[-1] == "+ TPM-CL type 4"
+    assert ablation.PAPER_ROWS + ablation.BESIDE_ROWS == list(ablation.VARIANTS)
+    assert ablation.resolve_variants(["beside", "+ NegNCE", "beside"]) == ablation.BESIDE_ROWS + ["+ NegNCE"]
+    assert ablation.resolve_variants(["all"]) == list(ablation.VARIANTS)
+    with pytest.raises(ValueError, match="no such row.*paper"):
+        ablation.resolve_variants(["+ NegNCE", "no such row"])

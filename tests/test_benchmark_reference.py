@@ -2,22 +2,22 @@
 and the PyTorch peer computes our baseline step's loss and gradient on the same weights."""
 
 import os
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-
 from benchmarks import flops
 from benchmarks.train_step import BASELINE_OVERRIDES, TEMPERATURE, make_batch
-from tvr_jax import train
+from tvr_jax import experiment
 from tvr_jax.config_io import load_config
 from tvr_jax.models.clip import CLIP, PRESETS
 from tvr_jax.objective import model_loss
+from tvr_jax.models.retrieval import init_from_clip
 from tvr_jax.train import MODEL_INPUTS
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.parametrize("preset", ["tiny", "vit_b32", "vit_b16"])
@@ -33,9 +33,9 @@ def test_hand_counted_tower_flops_equal_the_jaxpr(preset):
     assert flops.jaxpr_matmul_flops(text) == 5 * flops.text_tower_flops(c, 32)["total"]
 
 
-def _baseline(config="configs/msrvtt_vit_b32.py:tiny", extra=()):
+def _baseline(config=os.path.join(ROOT, "configs", "msrvtt_vit_b32.py:tiny"), extra=()):
     cfg = load_config(config, BASELINE_OVERRIDES + list(extra))
-    return cfg, train.build_model(cfg)[0]
+    return cfg, experiment.build_model(cfg)[0]
 
 
 @pytest.mark.parametrize("scan_layers", [False, True])
@@ -46,7 +46,7 @@ def test_hand_counted_step_flops_equal_the_gradient_jaxpr(scan_layers):
     params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *model.dummy_batch(1)))["params"]
     data = make_batch(m.clip, m.max_frames, m.max_words, batch)
     inputs = tuple(jnp.asarray(data[k]) for k in MODEL_INPUTS)
-    loss = lambda p: model_loss(model, p, inputs, train.loss_config(cfg))[0]
+    loss = lambda p: model_loss(model, p, inputs, experiment.loss_config(cfg))[0]
     counted = flops.jaxpr_matmul_flops(jax.make_jaxpr(jax.grad(loss))(params))
     assert counted == flops.meanp_step_flops(m.clip, batch, m.max_frames, m.max_words)["total"]
 
@@ -75,8 +75,8 @@ def _ours_and_peer(folder: str, seed: int):
             p.add_(0.05 * torch.randn_like(p))
     ref.save_hf(hf, folder)
     cfg.init_checkpoint = folder
-    model, clip_params = train.build_model(cfg)
-    params = train.init_from_clip(model.config, model.init(jax.random.PRNGKey(0), *model.dummy_batch(1))["params"],
+    model, clip_params = experiment.build_model(cfg)
+    params = init_from_clip(model.config, model.init(jax.random.PRNGKey(0), *model.dummy_batch(1))["params"],
                                   clip_params)
     return cfg, model, params, hf
 
@@ -91,7 +91,7 @@ def test_torch_peer_computes_our_baseline_loss_and_gradient(tmp_path):
     batch = make_batch(m.clip, m.max_frames, m.max_words, 6, seed=1)
     batch["video_mask"][1, 2:] = False  # a clip with fewer valid frames
     ours_loss, ours_grads = jax.value_and_grad(lambda p: model_loss(
-        model, p, tuple(jnp.asarray(batch[k]) for k in MODEL_INPUTS), train.loss_config(cfg))[0])(params)
+        model, p, tuple(jnp.asarray(batch[k]) for k in MODEL_INPUTS), experiment.loss_config(cfg))[0])(params)
 
     peer = ref.MeanPRetrieval(hf, TEMPERATURE)
     loss = peer(*(torch.from_numpy(batch[k]) for k in ("video", "video_mask")), torch.from_numpy(batch["text_ids"]).long())
@@ -113,7 +113,7 @@ def test_torch_peer_encodes_what_our_evaluation_encodes(tmp_path):
     m = model.config
     batch = make_batch(m.clip, m.max_frames, m.max_words, 5, seed=2)
     mesh = sharding.make_mesh((1, 1), jax.devices()[:1])
-    (videos, _), (texts, _) = (evaluate.encoder(model, mesh, kind) for kind in ("videos", "captions"))
+    (videos, _), (texts, _) = (evaluate.compile_encoder(model, mesh, kind) for kind in ("videos", "captions"))
     ours = {**videos(params, batch), **texts(params, batch)}
     with torch.inference_mode():
         peer = {"frames": ref.frame_features(hf, torch.from_numpy(batch["video"])),

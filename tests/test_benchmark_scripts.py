@@ -10,30 +10,29 @@ import textwrap
 import numpy as np
 import pytest
 
-ROOT = os.path.join(os.path.dirname(__file__), "..")
-sys.path.insert(0, ROOT)
-
 from benchmarks.side_by_side import Worker, alternate
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-def _worker_script(tmp_path, body: str) -> str:
-    path = tmp_path / "worker.py"
-    path.write_text(textwrap.dedent(f"""
+
+def _worker_module(tmp_path, monkeypatch, body: str) -> str:
+    """A worker module written to tmp_path (on the workers' PYTHONPATH); its name, for `Worker`."""
+    (tmp_path / "toy_worker.py").write_text(textwrap.dedent(f"""
         import sys
-        sys.path.insert(0, {ROOT!r})
         from benchmarks.side_by_side import serve
         side = sys.argv[2]
         {body}
     """))
-    return str(path)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    return "toy_worker"
 
 
-def test_workers_answer_run_and_time_and_alternate(tmp_path):
-    script = _worker_script(tmp_path, """
+def test_workers_answer_run_and_time_and_alternate(tmp_path, monkeypatch):
+    module = _worker_module(tmp_path, monkeypatch, """
         calls = []
         serve({"count": lambda: calls.append(1) or len(calls), "side": lambda: side}, {"ready": side})
     """)
-    with Worker(script, "a", []) as a, Worker(script, "b", []) as b:
+    with Worker(module, "a", []) as a, Worker(module, "b", []) as b:
         assert a.ready == {"ready": "a"} and b.ask("run side") == "b"
         assert a.ask("run count") == 1
         assert a.ask("time count") >= 0 and a.ask("run count") == 4  # `time` runs the job twice
@@ -42,10 +41,10 @@ def test_workers_answer_run_and_time_and_alternate(tmp_path):
     assert a.proc.returncode == 0 and b.proc.returncode == 0
 
 
-def test_a_worker_that_dies_is_named(tmp_path):
-    script = _worker_script(tmp_path, "raise SystemExit(3)")
+def test_a_worker_that_dies_is_named(tmp_path, monkeypatch):
+    module = _worker_module(tmp_path, monkeypatch, "raise SystemExit(3)")
     with pytest.raises(RuntimeError, match="worker 'x' exited with 3"):
-        Worker(script, "x", [])
+        Worker(module, "x", [])
 
 
 def test_gpu_check_runs_end_to_end_on_the_cpu(tmp_path):
@@ -53,7 +52,7 @@ def test_gpu_check_runs_end_to_end_on_the_cpu(tmp_path):
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
     out = tmp_path / "gpu_check.json"
-    subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--config", "configs/msrvtt_vit_b32.py:tiny",
+    subprocess.run([sys.executable, "-m", "benchmarks.gpu_check", "--config", "configs/msrvtt_vit_b32.py:tiny",
                     "--batch", "4", "--steps", "1", "--out", str(out)], cwd=ROOT, check=True, timeout=600)
     result = json.loads(out.read_text())
     assert [r["name"].split(":")[0] for r in result["runs"]] == ["PyTorch peer", "ours", "ours"]
@@ -64,7 +63,7 @@ def test_gpu_check_runs_end_to_end_on_the_cpu(tmp_path):
 
 
 def _run_gpu_check_sh(tmp_path, *args, env=None):
-    """benchmarks/gpu_check.sh with a stand-in `python3` that records how gpu_check.py was called."""
+    """benchmarks/gpu_check.sh with a stand-in `python3` that records how benchmarks.gpu_check was called."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     fake = bin_dir / "python3"
@@ -80,14 +79,14 @@ def _run_gpu_check_sh(tmp_path, *args, env=None):
 
 def test_gpu_check_sh_writes_where_it_is_told(tmp_path):
     """Default benchmarks/results; --out-dir (relative to the caller) or TVR_RESULTS_DIR otherwise; other
-    arguments pass through to gpu_check.py."""
+    arguments pass through to benchmarks.gpu_check."""
     args = _run_gpu_check_sh(tmp_path, "--batch", "8")
-    assert args == ["benchmarks/gpu_check.py", "--out", "benchmarks/results/gpu_check.json", "--batch", "8"]
+    assert args == ["-m", "benchmarks.gpu_check", "--out", "benchmarks/results/gpu_check.json", "--batch", "8"]
     here = tmp_path.resolve()
     args = _run_gpu_check_sh(tmp_path, "--out-dir", "mine", "--steps", "2")
-    assert args[1:] == ["--out", str(here / "mine" / "gpu_check.json"), "--steps", "2"]
+    assert args[2:] == ["--out", str(here / "mine" / "gpu_check.json"), "--steps", "2"]
     args = _run_gpu_check_sh(tmp_path, env={"TVR_RESULTS_DIR": str(here / "env")})
-    assert args[1:] == ["--out", str(here / "env" / "gpu_check.json")]
+    assert args[2:] == ["--out", str(here / "env" / "gpu_check.json")]
 
 
 def test_eval_step_runs_end_to_end_and_both_sides_agree(tmp_path):
@@ -96,7 +95,7 @@ def test_eval_step_runs_end_to_end_and_both_sides_agree(tmp_path):
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
     out = tmp_path / "eval_step.json"
-    subprocess.run([sys.executable, "benchmarks/eval_step.py", "--config", "configs/msrvtt_vit_b32.py:tiny",
+    subprocess.run([sys.executable, "-m", "benchmarks.eval_step", "--config", "configs/msrvtt_vit_b32.py:tiny",
                     "--score-n", "600", "--rounds", "1", "--warmup", "0", "--out", str(out)], cwd=ROOT, check=True,
                    timeout=600)
     result = json.loads(out.read_text())

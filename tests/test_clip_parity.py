@@ -6,12 +6,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import traverse_util
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from tvr_jax import clip  # noqa: E402
 from tvr_jax.models import clip_weights  # noqa: E402
+from tvr_jax.models.clip import REMAT_POLICIES, MultiHeadAttention  # noqa: E402
 
 # Two architectures: one like the tiny preset, one with a patch size, widths, head counts and
 # MLP sizes that no preset has (and unequal tower depths).
@@ -163,11 +165,14 @@ def test_torchscript_archive(saved, tmp_path):
     assert_close(_flax_outputs(model, params, saved["images"], saved["ids"]), saved["ref"], rtol=2e-2)
 
 
-@pytest.mark.parametrize("compute", [dict(scan_layers=True), dict(remat=True), dict(scan_layers=True, remat=True)])
+@pytest.mark.parametrize("compute", [dict(scan_layers=True), dict(remat=True), dict(scan_layers=True, remat=True),
+                                     dict(remat=True, remat_policy="dots_with_no_batch_dims_saveable")])
 def test_scan_and_remat_layouts_same_numbers(saved, compute):
+    """Per-layer checkpoint parameters, stacked at load time for the scanned (and rematerialised) blocks."""
     model, params = clip.load(saved["root"] / "hf", **compute)
-    if compute.get("scan_layers"):
-        assert "resblocks" in params["visual"]["transformer"]
+    assert model.config.stacked_layers
+    for tower in ("visual", "text"):
+        assert set(params[tower]["transformer"]) == {"resblocks"}
     assert_close(_flax_outputs(model, params, saved["images"], saved["ids"]), saved["ref"])
 
 
@@ -269,6 +274,14 @@ def test_config_validation_names_field():
         clip.CLIPConfig(vision_width=100, vision_heads=3)
     with pytest.raises(ValueError, match="activation='relu'"):
         clip.CLIPConfig(activation="relu")
+    with pytest.raises(ValueError, match=r"remat_policy='save_everything' \(allowed: \['nothing_saveable', "):
+        clip.CLIPConfig(remat=True, remat_policy="save_everything")
+
+
+def test_stacked_layers_follows_scan_and_remat():
+    cfg = clip.CLIPConfig()
+    assert not cfg.stacked_layers
+    assert cfg.replace(scan_layers=True).stacked_layers and cfg.replace(remat=True).stacked_layers
 
 
 def test_cli_convert_weights(saved, tmp_path, capsys):
@@ -283,29 +296,77 @@ def test_cli_convert_weights(saved, tmp_path, capsys):
     assert "absent.pt" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("scan_layers", [False, True])
-def test_remat_same_parameters_and_gradients(scan_layers):
-    """`remat` changes how the backward pass gets its activations, not the parameters or the numbers."""
+def _tiny_inputs(cfg, seed=0):
+    rng = np.random.default_rng(seed)
+    images = jnp.asarray(rng.normal(size=(3, cfg.image_size, cfg.image_size, 3)), jnp.float32)
+    return images, jnp.asarray(rng.integers(1, 1000, size=(3, 12)), jnp.int32)
+
+
+def _clip_loss_and_grads(model, params, images, ids):
+    """A scalar of both towers' outputs, its value and gradients (parameters and images), jitted.
+
+    Fixed random weights of sin(outputs): tanh(img @ txt.T) saturates for these unnormalised
+    embeddings, and its gradient then changes by ~5e-4 under a 1e-7 change of the parameters,
+    too ill-conditioned to compare two float32 computations.
+    """
+    rng = np.random.default_rng(1)
+    embed_dim = model.config.embed_dim
+    w_img, w_txt = (jnp.asarray(rng.normal(size=(len(x), embed_dim)), jnp.float32) for x in (images, ids))
+
+    def f(p, images):
+        img, txt = model.apply({"params": p}, images, ids)
+        return jnp.sum(jnp.sin(img) * w_img) + jnp.sum(jnp.sin(txt) * w_txt)
+    return jax.jit(jax.value_and_grad(f, argnums=(0, 1)))(params, images)
+
+
+def assert_grads_close(ours, ref, rtol: float = 1e-4):
+    """Leaf by leaf, to `rtol` of the leaf's largest entry (an element-wise rtol fails on entries near
+    zero in a leaf of large ones). The k_proj bias gets no gradient (softmax ignores a shift that is
+    the same for every key): there both must be rounding noise, small next to the largest gradient."""
+    flat = lambda t: traverse_util.flatten_dict(t) if isinstance(t, dict) else {("value",): t}
+    ours, ref = flat(ours), flat(ref)
+    assert ours.keys() == ref.keys()
+    scale = max(float(np.abs(b).max()) for b in ref.values())
+    for path, b in ref.items():
+        a = ours[path]
+        if path[-2:] == ("k_proj", "bias"):
+            assert max(np.abs(a).max(), np.abs(b).max()) < 1e-6 * scale, path
+        else:
+            np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol * float(np.abs(b).max()), err_msg="/".join(path))
+
+
+def test_stacked_and_per_layer_layouts_same_outputs():
+    """`stack_layers` / `unstack_layers` convert between the layouts without changing the model."""
     from tvr_jax.models.clip import CLIP, PRESETS
 
-    cfg = PRESETS["tiny"].replace(scan_layers=scan_layers, vision_layers=3, text_layers=2)
-    plain, remat = CLIP(cfg), CLIP(cfg.replace(remat=True))
-    rng = np.random.default_rng(0)
-    images = jnp.asarray(rng.normal(size=(3, cfg.image_size, cfg.image_size, 3)), jnp.float32)
-    ids = jnp.asarray(rng.integers(1, 1000, size=(3, 12)), jnp.int32)
+    cfg = PRESETS["tiny"].replace(vision_layers=3, text_layers=2)
+    per_layer, scanned = CLIP(cfg), CLIP(cfg.replace(scan_layers=True))
+    images, ids = _tiny_inputs(cfg)
+    params = per_layer.init(jax.random.PRNGKey(0), images, ids)["params"]
+    stacked = clip_weights.stack_layers(params)
+    assert jax.tree.structure(scanned.init(jax.random.PRNGKey(0), images, ids)["params"]) == jax.tree.structure(stacked)
+    jax.tree.map(np.testing.assert_array_equal, clip_weights.unstack_layers(stacked), params)
+    for a, b in zip(per_layer.apply({"params": params}, images, ids), scanned.apply({"params": stacked}, images, ids)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("policy", REMAT_POLICIES)
+def test_remat_same_loss_and_gradients(policy):
+    """`remat` (any policy) changes what the backward pass keeps, not the numbers: the per-layer
+    parameters, stacked for the rematerialised scan, give the plain model's loss and gradients."""
+    from tvr_jax.models.clip import CLIP, PRESETS
+
+    cfg = PRESETS["tiny"].replace(vision_layers=3, text_layers=2)
+    plain, remat = CLIP(cfg), CLIP(cfg.replace(remat=True, remat_policy=policy))
+    images, ids = _tiny_inputs(cfg)
     params = plain.init(jax.random.PRNGKey(0), images, ids)["params"]
-    assert jax.tree.structure(remat.init(jax.random.PRNGKey(0), images, ids)["params"]) == jax.tree.structure(params)
-
-    def loss(model):
-        def f(p, images):
-            img, txt = model.apply({"params": p}, images, ids)
-            return jnp.sum(jnp.tanh(img @ txt.T))
-        return jax.jit(jax.value_and_grad(f, argnums=(0, 1)))(params, images)
-
-    (v0, g0), (v1, g1) = loss(plain), loss(remat)
+    stacked = clip_weights.stack_layers(params)
+    assert jax.tree.structure(remat.init(jax.random.PRNGKey(0), images, ids)["params"]) == jax.tree.structure(stacked)
+    (v0, (g0, gx0)), (v1, (g1, gx1)) = (_clip_loss_and_grads(plain, params, images, ids),
+                                        _clip_loss_and_grads(remat, stacked, images, ids))
     np.testing.assert_allclose(v1, v0, rtol=1e-5)
-    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g0)):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    assert_grads_close(gx1, gx0)
+    assert_grads_close(clip_weights.unstack_layers(g1), g0)
 
 
 @pytest.mark.parametrize("scan_layers", [False, True])
@@ -339,3 +400,82 @@ def test_patch_embedding_equals_the_strided_convolution():
     grad = lambda f: jax.grad(lambda p: jnp.sum(jnp.sin(f(p))))(params)["kernel"]
     np.testing.assert_allclose(grad(lambda p: ours.apply({"params": p}, images)),
                                grad(lambda p: conv.apply({"params": p}, images)), rtol=1e-4, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------
+# Attention core against the equations.
+# ----------------------------------------------------------------------------------------------
+def _attention_reference(params, x, heads, allowed):
+    """softmax over the allowed keys of (x Wq + bq)(x Wk + bk)^T / sqrt(d), times (x Wv + bv), per
+    head, then the output projection: the equations written out, in float32."""
+    n, length, width = x.shape
+    d = width // heads
+    proj = lambda name, y: y @ params[name]["kernel"] + params[name]["bias"]
+    q, k, v = (proj(name, x).reshape(n, length, heads, d) for name in ("q_proj", "k_proj", "v_proj"))
+    logits = jnp.einsum("nqhd,nkhd->nhqk", q, k) / d**0.5
+    # Softmax does not depend on the shift; the largest logit keeps exp in range.
+    e = jnp.exp(logits - jax.lax.stop_gradient(logits.max(-1, keepdims=True))) * jnp.broadcast_to(allowed, logits.shape)
+    probs = e / e.sum(-1, keepdims=True)
+    out = jnp.einsum("nhqk,nkhd->nqhd", probs, v).reshape(n, length, width)
+    return proj("out_proj", out)
+
+
+def _attention_case(masking: str, length: int = 7, n: int = 3):
+    """(causal, mask for the module, allowed keys for the reference): padding hides trailing keys."""
+    causal = masking in ("causal", "causal+padding")
+    padding = (np.arange(length)[None] < np.array([length, 4, 2])[:n, None])[:, None, None, :]  # (n, 1, 1, keys)
+    mask = padding if "padding" in masking else None
+    allowed = np.ones((1, 1, length, length), bool)
+    if causal:
+        allowed = allowed & np.tril(np.ones((length, length), bool))
+    if mask is not None:
+        allowed = allowed & padding
+    return causal, mask, allowed
+
+
+@pytest.mark.parametrize("masking", ["none", "causal", "padding", "causal+padding"])
+def test_attention_equals_the_equations(masking):
+    """jax.nn.dot_product_attention computes OpenAI's attention: forward and gradient (parameters
+    and inputs) equal the written-out equations, with and without masks."""
+    causal, mask, allowed = _attention_case(masking)
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(3, 7, 32)), jnp.float32)
+    module = MultiHeadAttention(width=32, heads=4, causal=causal)
+    params = module.init(jax.random.PRNGKey(0), x, mask)["params"]
+    assert set(params) == {"q_proj", "k_proj", "v_proj", "out_proj"}  # the names checkpoints map to
+    ours = lambda p, x: module.apply({"params": p}, x, mask)
+    ref = lambda p, x: _attention_reference(p, x, 4, allowed)
+    np.testing.assert_allclose(ours(params, x), ref(params, x), rtol=1e-5, atol=1e-5)
+    scalar = lambda f: lambda p, x: jnp.sum(jnp.sin(f(p, x)))
+    (gp, gx), (rp, rx) = (jax.grad(scalar(f), argnums=(0, 1))(params, x) for f in (ours, ref))
+    assert_grads_close(gx, rx)
+    assert_grads_close(gp, rp)
+
+
+def _primitive_outputs(jaxpr, name: str) -> list:
+    """Output avals of every `name` primitive in a jaxpr, nested jaxprs (jit, custom_jvp) included."""
+    found = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == name:
+            found += [v.aval for v in eqn.outvars]
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (list, tuple)) else (value,):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    found += _primitive_outputs(inner, name)
+    return found
+
+
+def test_attention_bfloat16_keeps_float32_logits_and_softmax():
+    """With bfloat16 compute the logits and the softmax are float32 (as OpenAI's fp32 softmax), and
+    the output stays close to the float32 equations."""
+    causal, mask, allowed = _attention_case("causal+padding")
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(3, 7, 32)), jnp.float32)
+    module = MultiHeadAttention(width=32, heads=4, causal=causal, dtype=jnp.bfloat16)
+    params = module.init(jax.random.PRNGKey(0), x, mask)["params"]
+    jaxpr = jax.make_jaxpr(lambda x: module.apply({"params": params}, x, mask))(x).jaxpr
+    exps = _primitive_outputs(jaxpr, "exp")
+    assert exps and all(a.dtype == jnp.float32 for a in exps), exps
+    out = module.apply({"params": params}, x, mask)
+    assert out.dtype == jnp.bfloat16
+    ref = _attention_reference(params, x, 4, allowed)
+    np.testing.assert_allclose(out.astype(jnp.float32), ref, rtol=0.05, atol=0.05)

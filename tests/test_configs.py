@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tvr_jax import train
+from tvr_jax import experiment
 from tvr_jax.config_io import load_config
 from tvr_jax.objective import model_loss
 
@@ -25,8 +25,8 @@ def test_every_dataset_and_backbone_has_a_config():
 @pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
 def test_config_loads_validates_and_builds(path):
     cfg = load_config(path)
-    train.validate_config(cfg)
-    model, clip_params = train.build_model(cfg)
+    experiment.validate_config(cfg)
+    model, clip_params = experiment.build_model(cfg)
     assert clip_params is None  # no weights named: random init
     shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *model.dummy_batch(1))["params"])
     assert sum(np.prod(x.shape) for x in jax.tree.leaves(shapes["clip"])) > 1e6
@@ -47,7 +47,7 @@ def test_paper_values():
 @pytest.mark.parametrize("path", DATASET_CONFIGS[::2], ids=os.path.basename)
 def test_tiny_variant_runs_a_loss(path):
     cfg = load_config(path + ":tiny")
-    model, _ = train.build_model(cfg)
+    model, _ = experiment.build_model(cfg)
     b, t, l, size = cfg.global_batch_size, cfg.model.max_frames, cfg.model.max_words, model.config.clip.image_size
     rng = np.random.default_rng(0)
     ids = np.zeros((b, l), np.int32)
@@ -55,7 +55,7 @@ def test_tiny_variant_runs_a_loss(path):
     batch = (jnp.asarray(rng.normal(size=(b, t, size, size, 3)), jnp.float32), jnp.ones((b, t), bool),
              jnp.asarray(ids), jnp.asarray(ids > 0), jnp.asarray((ids > 0).astype(np.float32)))
     params = jax.jit(model.init)(jax.random.PRNGKey(0), *batch)["params"]
-    loss, parts = jax.jit(lambda p: model_loss(model, p, batch, train.loss_config(cfg)))(params)
+    loss, parts = jax.jit(lambda p: model_loss(model, p, batch, experiment.loss_config(cfg)))(params)
     assert np.isfinite(float(loss)) and float(parts["tpm"]) >= 0
 
 
@@ -69,7 +69,7 @@ def test_tiny_variant_runs_a_loss(path):
 def test_bad_values_name_the_field(override, message):
     cfg = load_config(os.path.join(ROOT, "configs", "msvd_vit_b32.py"), [override])
     with pytest.raises(ValueError, match=message):
-        train.validate_config(cfg)
+        experiment.validate_config(cfg)
 
 
 def test_override_errors():
@@ -96,7 +96,7 @@ def test_ablation_variants_apply_and_validate():
         cfg.loss.visual_mask_straight_through = True  # rows must not inherit it from the config
         for item in overrides:
             apply_override(cfg, item)
-        train.validate_config(cfg)
+        experiment.validate_config(cfg)
         assert (cfg.loss.lambda_tpm > 0) == cfg.model.tpm == ("TPM" in name), name
         applied[name] = cfg
     # The paper's rows are the release's; only the rows labelled ours depart from it.

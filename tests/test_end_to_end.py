@@ -8,11 +8,10 @@ import jax
 import numpy as np
 import pytest
 
-from data_pipeline import prepare
-from tvr_jax import cli, clip, metrics
+from data_pipeline import prepare, synthetic
+from tvr_jax import cli, clip, experiment, metrics
 
-from conftest import SYNTHETIC_CONFIG as CONFIG, tiny_synthetic_overrides
-from data_pipeline import synthetic
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -20,15 +19,15 @@ def data(synthetic_data):
     return synthetic_data
 
 
-def test_prepare_train_resume_eval(data, tmp_path, capsys):
+def test_prepare_train_resume_eval(data, tiny_config, tmp_path, capsys):
     work = str(tmp_path / "run")
-    tiny = tiny_synthetic_overrides(data) + ["--config.checkpoint_every=2"]
-    assert cli.main(["train", "--config", CONFIG, "--workdir", work, "--config.total_steps=2"] + tiny) == 0
+    tiny = tiny_config.args(f"data_dir={data}", "checkpoint_every=2")
+    assert cli.main(["train", "--workdir", work, "--config.total_steps=2"] + tiny) == 0
     # The same command with more steps resumes from step 2.
-    assert cli.main(["train", "--config", CONFIG, "--workdir", work, "--config.total_steps=3"] + tiny) == 0
+    assert cli.main(["train", "--workdir", work, "--config.total_steps=3"] + tiny) == 0
     with open(os.path.join(work, "metrics.jsonl")) as f:
         assert [json.loads(line)["step"] for line in f] == [1, 2, 3]
-    assert cli.main(["eval", "--config", CONFIG, "--workdir", work, "--config.total_steps=3"] + tiny) == 0
+    assert cli.main(["eval", "--workdir", work, "--config.total_steps=3"] + tiny) == 0
     with open(os.path.join(work, "eval", "metrics.json")) as f:
         report = json.load(f)
     assert report["counts"]["captions"] == report["counts"]["videos"] == synthetic.TEST_VIDEOS
@@ -42,7 +41,7 @@ def test_prepare_train_resume_eval(data, tmp_path, capsys):
     assert os.path.getsize(os.path.join(work, "eval", "recall_at_k.png")) > 1000
     # Export the test split, then search it: chunked scoring gives the ranking of one big chunk.
     index = str(tmp_path / "index")
-    assert cli.main(["export", "--config", CONFIG, "--workdir", work, "--split", "test", "--out", index] + tiny) == 0
+    assert cli.main(["export", "--workdir", work, "--split", "test", "--out", index] + tiny) == 0
     from tvr_jax import search
 
     manifest, video_ids, arrays = search.load_index(index)
@@ -57,39 +56,34 @@ def test_prepare_train_resume_eval(data, tmp_path, capsys):
     assert cli.main(["search", index, query, "--top-k", "3"]) == 0
     assert len(capsys.readouterr().out.strip().splitlines()) == 3
     # A bad override is refused with the field's name.
-    assert cli.main(["train", "--config", CONFIG, "--workdir", work, "--config.model.temporal=lstm"] + tiny) == 2
+    assert cli.main(["train", "--workdir", work, "--config.model.temporal=lstm"] + tiny) == 2
     assert "temporal='lstm'" in capsys.readouterr().err
 
 
-def test_zero_shot_equals_plain_clip_cosine(data, tmp_path):
+def test_zero_shot_equals_plain_clip_cosine(data, tiny_config, tmp_path):
     """`eval --zero-shot` on converted CLIP weights = cosine of CLIP's text embedding and the mean
     of its normalised frame embeddings, computed here directly from `clip.CLIP`."""
     model = clip.CLIP(clip.PRESETS["tiny"])
     params = model.init(jax.random.PRNGKey(3), *model.init_inputs(1))["params"]
     clip.save_converted(model.config, params, str(tmp_path / "clip"))
     work = str(tmp_path / "zs")
-    args = ["eval", "--zero-shot", "--config", CONFIG, "--workdir", work, f"--config.data_dir={data}",
-            f"--config.init_checkpoint={tmp_path / 'clip'}", "--config.model.max_frames=4", "--config.eval.batch_size=8"]
-    assert cli.main(args) == 0
+    overrides = [f"data_dir={data}", f"init_checkpoint={tmp_path / 'clip'}"]
+    assert cli.main(["eval", "--zero-shot", "--workdir", work] + tiny_config.args(*overrides)) == 0
     with open(os.path.join(work, "eval", "metrics.json")) as f:
         report = json.load(f)
     assert report["checkpoint"]["zero_shot"].endswith("clip")
 
-    from configs.synthetic import get_config
-    from tvr_jax import train
-
-    cfg = get_config()
-    cfg.data_dir, cfg.model.max_frames = data, 4
-    rcfg = train.build_model(cfg)[0].config
+    cfg = tiny_config(*overrides)
+    rcfg = experiment.build_model(cfg)[0].config
     norm = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
     videos, texts, video_of_text = [], [], []
-    for batch in train.dataset_input(cfg, "test", False, rcfg, 8, eval_rows="videos", process_index=0, process_count=1):
+    for batch in experiment.dataset_input(cfg, "test", False, rcfg, 8, eval_rows="videos", process_index=0, process_count=1):
         b, t = batch["video"].shape[:2]
         frames = model.apply({"params": params}, batch["video"].reshape(b * t, 32, 32, 3), method=model.encode_image)
         frames = norm(np.asarray(frames)).reshape(b, t, -1)
         pooled = (frames * batch["video_mask"][..., None]).sum(1) / batch["video_mask"].sum(1, keepdims=True)
         videos.append(norm(pooled)[batch["valid"]])
-    for batch in train.dataset_input(cfg, "test", False, rcfg, 8, eval_rows="captions", process_index=0, process_count=1):
+    for batch in experiment.dataset_input(cfg, "test", False, rcfg, 8, eval_rows="captions", process_index=0, process_count=1):
         texts.append(norm(np.asarray(model.apply({"params": params}, batch["text_ids"], method=model.encode_text)))[batch["valid"]])
         video_of_text.append(batch["video_index"][batch["valid"]])
     sim = np.concatenate(texts) @ np.concatenate(videos).T
@@ -119,7 +113,7 @@ def test_validation_during_training_keeps_and_reports_the_best(tmp_path, capsys)
         pickle.dump(captions, f)
     prepare.prepare("msvd", data, str(src / "videos"), str(src / "annotations"), max_frames=4, short_side=32,
                     workers=1, tagger="fallback", progress=False)
-    config = os.path.join(os.path.dirname(CONFIG), "msvd_vit_b32.py:tiny")
+    config = os.path.join(ROOT, "configs", "msvd_vit_b32.py:tiny")
     args = ["--config", config, "--workdir", work, f"--config.data_dir={data}", "--config.total_steps=3",
             "--config.eval_every=1", "--config.checkpoint_every=3", "--config.keep_checkpoints=1"]
     assert cli.main(["train"] + args) == 0
@@ -130,9 +124,7 @@ def test_validation_during_training_keeps_and_reports_the_best(tmp_path, capsys)
         assert 0.0 <= m["val_t2v_R@1"] <= 100.0 and 0.0 <= m["val_v2t_R@1"] <= 100.0
         assert m["val_score"] == pytest.approx(m["val_t2v_R@1"] + m["val_v2t_R@1"])
     best = max(recorded, key=lambda s: (recorded[s]["val_score"], s))
-    from tvr_jax import train
-
-    manager = train.checkpoint_manager(work, 1)
+    manager = experiment.checkpoint_manager(work, 1)
     assert manager.all_steps() == sorted({best, 3})  # the newest (resume) and the best
     assert manager.metrics(best)["val_score"] == pytest.approx(recorded[best]["val_score"])
     manager.close()

@@ -68,7 +68,6 @@ def test_select_checkpoint_reads_the_training_record(tmp_path, monkeypatch):
     """The best validation score saved with the checkpoints (ties to the later step), never
     re-scored; the last checkpoint without a record or when 'val' is the evaluated split."""
     from configs.base import base_config
-    from tvr_jax import train
 
     record = {10: {"val_score": 5.0}, 20: {"val_score": 9.0}, 30: {"val_score": 9.0}, 40: None}
 
@@ -82,8 +81,8 @@ def test_select_checkpoint_reads_the_training_record(tmp_path, monkeypatch):
         def close(self):
             pass
 
-    monkeypatch.setattr(train, "checkpoint_manager", lambda workdir, keep: Manager())
-    monkeypatch.setattr(train, "restore_params", lambda *a: pytest.fail("selection re-scores nothing"))
+    monkeypatch.setattr(evaluate, "checkpoint_manager", lambda workdir, keep: Manager())
+    monkeypatch.setattr(evaluate, "restore_params", lambda *a: pytest.fail("selection re-scores nothing"))
     cfg = base_config()
     step, why = evaluate.select_checkpoint(cfg, str(tmp_path))
     assert step == 30 and "step 20: 9.00" in why and "newest checkpoint: step 40" in why

@@ -5,9 +5,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import traverse_util
 
 from tvr_jax import losses, tpm
 from tvr_jax.models.clip import CLIP, PRESETS, Transformer
+from tvr_jax.models.clip_weights import stack_layers, unstack_layers
 from tvr_jax.models.retrieval import (RetrievalConfig, RetrievalModel, init_from_clip, param_labels,
                                       straight_through_top_k)
 from tvr_jax.objective import LossConfig, model_loss, similarity_matrix
@@ -82,24 +84,56 @@ def test_seqTransf_is_residual_transformer_with_positions_and_frame_mask():
     np.testing.assert_allclose(np.asarray(out2["frames"])[valid], np.asarray(out["frames"])[valid], rtol=1e-5, atol=1e-6)
 
 
-def test_init_from_clip_copies_text_blocks_into_temporal_module():
+@pytest.mark.parametrize("compute", [dict(), dict(scan_layers=True), dict(remat=True)])
+@pytest.mark.parametrize("given", ["per-layer", "stacked"])
+def test_init_from_clip_copies_text_blocks_into_temporal_module(compute, given):
+    """CLIP parameters in either layout land in the config's layout (stacked with scan_layers or
+    remat), and the temporal module gets CLIP's first text blocks in that layout too."""
     batch = _batch()
-    for scan in (False, True):
-        clip_cfg = TINY.replace(scan_layers=scan, text_layers=4)
-        cfg = RetrievalConfig(clip=clip_cfg, max_frames=T, max_words=L, temporal_layers=3)
-        model, params = _init(cfg, batch)
-        clip_params = CLIP(clip_cfg).init(jax.random.PRNGKey(5), *CLIP(clip_cfg).init_inputs(1))["params"]
-        new = init_from_clip(cfg, params, clip_params)
-        assert jax.tree.structure(new) == jax.tree.structure(params)
-        text = clip_params["text"]["transformer"]
-        temporal = new["temporal_transformer"]
-        if scan:
-            jax.tree.map(lambda a, b: np.testing.assert_array_equal(a[:3], b), text, temporal)
-        else:
-            for i in range(3):
-                jax.tree.map(np.testing.assert_array_equal, text[f"resblocks_{i}"], temporal[f"resblocks_{i}"])
-        np.testing.assert_array_equal(new["frame_position_embeddings"], clip_params["text"]["positional_embedding"][:T])
-        model.apply({"params": new}, *batch)  # still a valid parameter tree
+    clip_cfg = TINY.replace(text_layers=4, **compute)
+    cfg = RetrievalConfig(clip=clip_cfg, max_frames=T, max_words=L, temporal_layers=3)
+    model, params = _init(cfg, batch)
+    per_layer_cfg = clip_cfg.replace(scan_layers=False, remat=False)
+    clip_params = CLIP(per_layer_cfg).init(jax.random.PRNGKey(5), *CLIP(per_layer_cfg).init_inputs(1))["params"]
+    new = init_from_clip(cfg, params, clip_params if given == "per-layer" else stack_layers(clip_params))
+    assert jax.tree.structure(new) == jax.tree.structure(params)
+    if clip_cfg.stacked_layers:
+        jax.tree.map(np.testing.assert_array_equal, unstack_layers(new["clip"]), clip_params)
+        new_temporal = unstack_layers(new["temporal_transformer"])
+    else:
+        jax.tree.map(np.testing.assert_array_equal, new["clip"], clip_params)
+        new_temporal = new["temporal_transformer"]
+    assert set(new_temporal) == {f"resblocks_{i}" for i in range(3)}
+    for i in range(3):
+        jax.tree.map(np.testing.assert_array_equal, clip_params["text"]["transformer"][f"resblocks_{i}"],
+                     new_temporal[f"resblocks_{i}"])
+    np.testing.assert_array_equal(new["frame_position_embeddings"], clip_params["text"]["positional_embedding"][:T])
+    model.apply({"params": new}, *batch)  # still a valid parameter tree
+
+
+@pytest.mark.parametrize("policy", ["nothing_saveable", "dots_with_no_batch_dims_saveable"])
+def test_remat_same_loss_and_gradients(policy):
+    """Remat of both towers and the (masked) temporal transformer: the plain model's loss and
+    gradients, its per-layer parameters stacked for the rematerialised scans."""
+    batch = _batch()
+    plain_cfg = _cfg()
+    remat_cfg = RetrievalConfig(clip=TINY.replace(remat=True, remat_policy=policy), max_frames=T, max_words=L)
+    plain, params = _init(plain_cfg, batch)
+    remat = RetrievalModel(remat_cfg)
+    stacked = stack_layers(params)
+    assert jax.tree.structure(remat.init(jax.random.PRNGKey(0), *batch)["params"]) == jax.tree.structure(stacked)
+    lcfg = LossConfig(visual_mask_straight_through=True)
+    (v0, g0), (v1, g1) = (jax.jit(jax.value_and_grad(lambda p, m=m: _loss_fn(m, None, lcfg, batch)(p)[0]))(q)
+                          for m, q in ((plain, params), (remat, stacked)))
+    np.testing.assert_allclose(v1, v0, rtol=1e-5)
+    g0, g1 = traverse_util.flatten_dict(g0), traverse_util.flatten_dict(unstack_layers(g1))
+    assert g1.keys() == g0.keys()
+    scale = max(float(np.abs(b).max()) for b in g0.values())
+    for path, b in g0.items():
+        if path[-2:] == ("k_proj", "bias"):  # no gradient (softmax ignores a shift the same for every key)
+            assert max(np.abs(g1[path]).max(), np.abs(b).max()) < 1e-6 * scale, path
+        else:  # to 1e-4 of the leaf's largest entry: an element-wise rtol fails on entries near zero
+            np.testing.assert_allclose(g1[path], b, rtol=1e-4, atol=1e-4 * float(np.abs(b).max()), err_msg="/".join(path))
 
 
 def test_param_labels():

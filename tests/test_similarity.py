@@ -327,11 +327,11 @@ def test_loss_and_gradients_past_512_texts_equal_a_compile_without_ynn_reduce_fu
     import sys
 
     out = tmp_path / "reference.npz"
-    code = ("import sys, numpy as np; sys.path.insert(0, sys.argv[1]); import test_similarity as t; "
-            "np.savez(sys.argv[2], **t._loss_and_grads_past_512())")
+    # `python -c` imports from its working directory: this file's folder.
+    code = "import sys, numpy as np, test_similarity as t; np.savez(sys.argv[1], **t._loss_and_grads_past_512())"
     env = {**os.environ, "XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=-reduce", "JAX_PLATFORMS": "cpu"}
-    run = subprocess.run([sys.executable, "-c", code, os.path.dirname(__file__), str(out)], env=env,
-                         capture_output=True, text=True, timeout=600)
+    run = subprocess.run([sys.executable, "-c", code, str(out)], cwd=os.path.dirname(os.path.abspath(__file__)),
+                         env=env, capture_output=True, text=True, timeout=600)
     if run.returncode and "Unknown flag" in run.stderr:
         pytest.skip("this jaxlib does not know --xla_cpu_experimental_ynn_fusion_type")
     assert run.returncode == 0, run.stderr[-3000:]

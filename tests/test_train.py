@@ -3,37 +3,25 @@ step, shardings are as intended, a killed run resumes exactly, a non-finite loss
 
 import json
 import os
-import sys
 
 import jax
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from configs.base import base_config  # noqa: E402
-from tvr_jax import sharding, train  # noqa: E402
-from tvr_jax.optim import make_optimizer, weight_decay_mask  # noqa: E402
+from tvr_jax import experiment, sharding, train
+from tvr_jax.optim import make_optimizer, weight_decay_mask
 
 B, T, L = 8, 3, 8
+# The shared tiny config (conftest.py) at this file's batch shapes: 6 steps, a log line every 2
+# steps, a checkpoint every 3, similarity blocks of 4 videos.
+SHAPES = (f"global_batch_size={B}", f"model.max_frames={T}", f"model.max_words={L}", "total_steps=6", "log_every=2",
+          "checkpoint_every=3", "loss.block_size=4")
 
 
-def tiny_config(**overrides):
-    cfg = base_config()
-    cfg.model.clip_preset = "tiny"
-    cfg.model.max_frames, cfg.model.max_words = T, L
-    cfg.model.temporal_layers = 1
-    cfg.global_batch_size = B
-    cfg.total_steps, cfg.log_every, cfg.checkpoint_every = 6, 2, 3
-    cfg.loss.block_size = 4
-    cfg.optim.learning_rate = 1e-3
-    cfg.optim.clip_lr_coef = 1.0
-    for k, v in overrides.items():
-        node = cfg
-        *parents, leaf = k.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = v
-    return cfg
+@pytest.fixture(scope="module")
+def config(tiny_config):
+    """config(*overrides): the tiny config at SHAPES, then `field.sub=value` overrides."""
+    return lambda *overrides: tiny_config(*SHAPES, *overrides)
 
 
 def random_batch(position: int, size: int = 32):
@@ -73,15 +61,15 @@ def _mesh(n, fsdp=1):
 
 
 def _step_outputs(cfg, mesh, batch, with_step=False):
-    model, _ = train.build_model(cfg)
+    model, _ = experiment.build_model(cfg)
     optimizer = make_optimizer(cfg.optim, cfg.total_steps)
-    state, shardings = train.create_train_state(cfg, model, optimizer, mesh)
+    state, shardings = experiment.create_train_state(cfg, model, optimizer, mesh)
     batch = jax.device_put(batch, sharding.batch_sharding(mesh))
-    grads_fn = jax.jit(train.make_loss_and_grads(model, train.loss_config(cfg), mesh, cfg.accumulation_steps))
+    grads_fn = jax.jit(train.make_loss_and_grads(model, experiment.loss_config(cfg), mesh, cfg.accumulation_steps))
     (loss, parts), grads = grads_fn(state.params, batch)
     out = dict(loss=float(loss), parts=jax.device_get(parts), grads=jax.device_get(grads), state=state)
     if with_step:
-        step = train.make_train_step(model, train.loss_config(cfg), optimizer, mesh, shardings, cfg.accumulation_steps)
+        step = train.make_train_step(model, experiment.loss_config(cfg), optimizer, mesh, shardings, cfg.accumulation_steps)
         out["state"], _ = step(state, batch)
         out["params1"] = jax.device_get(out["state"].params)
     return out
@@ -100,38 +88,38 @@ def _assert_tree_close(a, b, rtol):
 
 
 @pytest.fixture(scope="module")
-def reference():
-    return _step_outputs(tiny_config(), _mesh(1), random_batch(0), with_step=True)
+def reference(config):
+    return _step_outputs(config(), _mesh(1), random_batch(0), with_step=True)
 
 
 @pytest.mark.parametrize("devices,fsdp,accumulation", [(2, 1, 1), (8, 1, 1), (8, 2, 1), (1, 1, 2), (4, 1, 2)])
-def test_loss_and_gradients_equal_single_device(reference, devices, fsdp, accumulation):
-    out = _step_outputs(tiny_config(accumulation_steps=accumulation), _mesh(devices, fsdp), random_batch(0))
+def test_loss_and_gradients_equal_single_device(reference, config, devices, fsdp, accumulation):
+    out = _step_outputs(config(f"accumulation_steps={accumulation}"), _mesh(devices, fsdp), random_batch(0))
     np.testing.assert_allclose(out["loss"], reference["loss"], rtol=1e-5)
     assert float(reference["parts"]["t2v_num_hard"]) == float(out["parts"]["t2v_num_hard"])
     _assert_tree_close(out["grads"], reference["grads"], 1e-5 if accumulation == 1 else 2e-5)
 
 
-def test_video_ids_reach_the_loss(reference):
+def test_video_ids_reach_the_loss(reference, config):
     """The step's loss is `objective.model_loss` with the batch's video ids (docs/method.md 3.1:
     tested against a loop reference in tests/test_losses.py), not the loss without them."""
     from tvr_jax.objective import model_loss
 
-    cfg = tiny_config()
-    model, _ = train.build_model(cfg)
+    cfg = config()
+    model, _ = experiment.build_model(cfg)
     batch = random_batch(0)
     inputs = tuple(batch[k] for k in train.MODEL_INPUTS)
-    state, _ = train.create_train_state(cfg, model, make_optimizer(cfg.optim, cfg.total_steps), _mesh(1))
+    state, _ = experiment.create_train_state(cfg, model, make_optimizer(cfg.optim, cfg.total_steps), _mesh(1))
     params = state.params  # the reference's parameters before its step (same seed)
-    with_ids = model_loss(model, params, inputs, train.loss_config(cfg), video_ids=batch["video_index"])[1]
-    without = model_loss(model, params, inputs, train.loss_config(cfg))[1]
+    with_ids = model_loss(model, params, inputs, experiment.loss_config(cfg), video_ids=batch["video_index"])[1]
+    without = model_loss(model, params, inputs, experiment.loss_config(cfg))[1]
     np.testing.assert_allclose(reference["loss"], float(with_ids["loss"]), rtol=1e-5)
     assert float(reference["parts"]["same_video_pairs"]) == 4
     assert abs(float(with_ids["loss"]) - float(without["loss"])) > 1e-4
 
 
-def test_fsdp_step_equals_single_device_and_keeps_shardings(reference):
-    out = _step_outputs(tiny_config(), _mesh(8, 2), random_batch(0), with_step=True)
+def test_fsdp_step_equals_single_device_and_keeps_shardings(reference, config):
+    out = _step_outputs(config(), _mesh(8, 2), random_batch(0), with_step=True)
     _assert_tree_close(out["params1"], reference["params1"], 1e-5)
     emb = out["state"].params["clip"]["text"]["token_embedding"]["embedding"]
     assert emb.sharding.spec == jax.sharding.PartitionSpec("fsdp")  # (49408, 64): vocab axis split
@@ -157,8 +145,8 @@ def _read_metrics(workdir):
         return [json.loads(line) for line in f]
 
 
-def test_killed_run_resumes_exactly(tmp_path):
-    cfg = tiny_config()
+def test_killed_run_resumes_exactly(tmp_path, config):
+    cfg = config()
     mesh = _mesh(2)
     full = train.train(cfg, str(tmp_path / "full"), make_batches, mesh=mesh)
     train.train(cfg, str(tmp_path / "killed"), make_batches, mesh=mesh, stop_after=4)  # killed after step 4
@@ -172,8 +160,8 @@ def test_killed_run_resumes_exactly(tmp_path):
         assert {"step", "loss", "dmae", "tpm", "grad_norm", "clips_per_s"} <= set(x)
 
 
-def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
-    cfg = tiny_config()
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, config):
+    cfg = config()
 
     def poisoned(data_state, model_config):
         batches, get_state = make_batches(data_state)
@@ -187,12 +175,12 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 
     with pytest.raises(train.NonFiniteLoss, match=r"non-finite .*loss.* at step 5"):
         train.train(cfg, str(tmp_path), poisoned, mesh=_mesh(1))
-    manager = train.checkpoint_manager(str(tmp_path), 2)
+    manager = experiment.checkpoint_manager(str(tmp_path), 2)
     assert manager.latest_step() == 3  # the step-3 checkpoint; nothing after the bad step was saved
     manager.close()
 
 
-def test_sigterm_saves_and_exits(tmp_path):
+def test_sigterm_saves_and_exits(tmp_path, config):
     import signal
 
     def terminated(data_state, model_config):
@@ -205,9 +193,9 @@ def test_sigterm_saves_and_exits(tmp_path):
                 yield batch
         return gen(), get_state
 
-    state = train.train(tiny_config(), str(tmp_path), terminated, mesh=_mesh(1))
+    state = train.train(config(), str(tmp_path), terminated, mesh=_mesh(1))
     assert int(state.step) == 2
-    manager = train.checkpoint_manager(str(tmp_path), 2)
+    manager = experiment.checkpoint_manager(str(tmp_path), 2)
     assert manager.latest_step() == 2
     manager.close()
     assert [m["step"] for m in _read_metrics(tmp_path)] == [2]
@@ -234,21 +222,21 @@ def _scripted_validation(monkeypatch, scores, mesh):
     return scores
 
 
-def test_best_validation_checkpoint_is_kept_reported_and_not_resumed_from(tmp_path, monkeypatch):
+def test_best_validation_checkpoint_is_kept_reported_and_not_resumed_from(tmp_path, monkeypatch, config):
     """Validated at steps 2, 4, 6 with scores 30, 10, 20; saved at 2, 3, 4, 6 (eval_every 2,
     checkpoint_every 3), keep 2: step 2, the best, stays besides the newest two (4, 6) and is
     what eval reports; a run killed after step 4 resumes from 4, not from the best, exactly."""
     from tvr_jax import evaluate
 
     mesh = _mesh(2)
-    cfg = tiny_config(eval_every=2, data_dir=str(tmp_path / "data"))
+    cfg = config("eval_every=2", f"data_dir={tmp_path / 'data'}")
     left = _scripted_validation(monkeypatch, [30.0, 10.0, 20.0], mesh)
     full = train.train(cfg, str(tmp_path / "full"), make_batches, mesh=mesh)
     assert left == []
 
     _scripted_validation(monkeypatch, [30.0, 10.0], mesh)
     train.train(cfg, str(tmp_path / "killed"), make_batches, mesh=mesh, stop_after=4)
-    manager = train.checkpoint_manager(str(tmp_path / "killed"), 2)
+    manager = experiment.checkpoint_manager(str(tmp_path / "killed"), 2)
     assert manager.all_steps() == [2, 3, 4]  # 2 kept as the best so far
     manager.close()
     _scripted_validation(monkeypatch, [20.0], mesh)
@@ -256,7 +244,7 @@ def test_best_validation_checkpoint_is_kept_reported_and_not_resumed_from(tmp_pa
     _assert_tree_close(jax.device_get(resumed.params), jax.device_get(full.params), 1e-6)
 
     for run in ("full", "killed"):
-        manager = train.checkpoint_manager(str(tmp_path / run), 2)
+        manager = experiment.checkpoint_manager(str(tmp_path / run), 2)
         assert manager.all_steps() == [2, 4, 6] and manager.latest_step() == 6
         manager.close()
         step, why = evaluate.select_checkpoint(cfg, str(tmp_path / run))
@@ -271,20 +259,20 @@ def test_best_validation_checkpoint_is_kept_reported_and_not_resumed_from(tmp_pa
 
 
 @pytest.mark.parametrize("override,why", [
-    (dict(eval_every=0), "eval_every=0"),
-    (dict(**{"eval.split": "val"}), "evaluated one"),
-    (dict(data_dir=""), "data_dir is empty"),
+    ("eval_every=0", "eval_every=0"),
+    ("eval.split=val", "evaluated one"),
+    ("data_dir=", "data_dir is empty"),
 ])
-def test_validation_off(override, why, monkeypatch, caplog):
+def test_validation_off(override, why, monkeypatch, caplog, config):
     from tvr_jax import evaluate
 
     monkeypatch.setattr(evaluate, "_has_split", lambda cfg, split: True)
     monkeypatch.setattr(evaluate, "validator", lambda *a: pytest.fail("validation is off"))
-    cfg = tiny_config(**{"eval_every": 2, "data_dir": "prepared", **override})
+    cfg = config("eval_every=2", "data_dir=prepared", override)
     with caplog.at_level("INFO", logger="tvr_jax.train"):
         assert train._validator(cfg, None, None) is None
     assert [r.getMessage() for r in caplog.records if why in r.getMessage()]
     monkeypatch.setattr(evaluate, "_has_split", lambda cfg, split: split != "val")  # e.g. the synthetic set
-    assert "no 'val' split" in evaluate.validation_off(tiny_config(eval_every=2, data_dir="prepared"))
+    assert "no 'val' split" in evaluate.validation_off(config("eval_every=2", "data_dir=prepared"))
     with pytest.raises(ValueError, match="eval_every=-1"):
-        evaluate.validation_off(tiny_config(eval_every=-1))
+        evaluate.validation_off(config("eval_every=-1"))

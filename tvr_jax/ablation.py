@@ -15,6 +15,7 @@ import os
 import statistics
 from typing import Sequence
 
+from tvr_jax import evaluate, train
 from tvr_jax.config_io import apply_override, save_config
 
 # name -> overrides, cumulative as in the paper's ablation table. Every row pins the switches it
@@ -35,6 +36,7 @@ for _type in (2, 3, 4):
     VARIANTS[f"+ TPM-CL type {_type}"] = VARIANTS["+ NegNCE"] + ["model.tpm=True", "loss.lambda_tpm=1.0",
                                                                 f"loss.partial_type={_type}"]
 _FULL = VARIANTS["+ TPM-CL type 4"]
+PAPER_ROWS = list(VARIANTS)  # the paper's table: each component added to the row above
 # Beside the cumulative rows: the full method with one change each.
 VARIANTS["+ TPM-CL type 4, att_wti (release)"] = _FULL + ["model.interaction='att_wti'"]
 VARIANTS["+ TPM-CL type 4, att_wti_norm (ours)"] = _FULL + ["model.interaction='att_wti_norm'"]
@@ -60,7 +62,22 @@ LABELS: dict[str, str] = {
     "+ TPM-CL type 4, straight-through (ours)":
         "full + straight-through gradient to the visual weight predictor (ours, not the paper's)",
 }
+BESIDE_ROWS = [name for name in VARIANTS if name not in PAPER_ROWS]
+# What `--variants` may name besides single variants; `tvr-jax ablate` runs "paper" by default.
+GROUPS = {"paper": PAPER_ROWS, "beside": BESIDE_ROWS, "all": list(VARIANTS)}
 COLUMNS = ("R@1", "R@5", "R@10", "MdR", "MnR")
+
+
+def resolve_variants(names: Sequence[str] | None) -> list[str]:
+    """Variant names from names and group names (GROUPS), in order, each once; None: the paper's rows."""
+    out: list[str] = []
+    for name in names or ["paper"]:
+        for variant in GROUPS.get(name, [name]):
+            if variant not in VARIANTS:
+                raise ValueError(f"unknown variant {variant!r}; known: groups {list(GROUPS)} and variants {list(VARIANTS)}")
+            if variant not in out:
+                out.append(variant)
+    return out
 
 
 def slug(name: str) -> str:
@@ -69,8 +86,6 @@ def slug(name: str) -> str:
 
 def run_ablation(cfg, workdir: str, variants: Sequence[str], seeds: Sequence[int]) -> dict:
     """Train and evaluate every (variant, seed); returns {variant: {seed: report}} and writes the table."""
-    from tvr_jax import evaluate, train
-
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise ValueError(f"unknown variants {unknown}; known: {list(VARIANTS)}")
@@ -84,7 +99,7 @@ def run_ablation(cfg, workdir: str, variants: Sequence[str], seeds: Sequence[int
                 for item in VARIANTS[name] + [f"seed={seed}"]:
                     apply_override(run_cfg, item)
                 save_config(run_cfg, run_dir)
-                train.train(run_cfg, run_dir, train.dataset_batches(run_cfg))
+                train.train(run_cfg, run_dir, train.dataset_batch_factory(run_cfg))
                 evaluate.evaluate_checkpoint(run_cfg, run_dir)
             with open(metrics_path) as f:
                 results.setdefault(name, {})[seed] = json.load(f)
@@ -99,19 +114,28 @@ def run_ablation(cfg, workdir: str, variants: Sequence[str], seeds: Sequence[int
     return results
 
 
-def ablation_table(results: dict[str, dict[int, dict]]) -> str:
-    """One row per variant (its LABELS entry), the paper's layout; mean +- standard deviation over seeds."""
+def ablation_rows(results: dict[str, dict[int, dict]]) -> tuple[list[str], list[list]]:
+    """(columns, rows): one row per variant (its LABELS entry), the paper's layout; mean +- standard
+    deviation over seeds."""
     def cell(reports: list[dict], direction: str, column: str) -> str:
         values = [r[direction][column] for r in reports]
         if len(values) == 1:
             return f"{values[0]:.1f}"
         return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
 
-    head = "| variant | seeds | " + " | ".join(f"t2v {c}" for c in COLUMNS) + " | " + " | ".join(f"v2t {c}" for c in COLUMNS) + " |"
-    rows = [head, "|---" * (2 + 2 * len(COLUMNS)) + "|"]
+    columns = ["variant", "seeds"] + [f"{d} {c}" for d in ("t2v", "v2t") for c in COLUMNS]
+    rows = []
     for name, by_seed in results.items():
         reports = list(by_seed.values())
-        cells = [cell(reports, d, c) for d in ("t2v", "v2t") for c in COLUMNS]
-        label = LABELS.get(name, name).replace("*", r"\*")  # v*, v** are not emphasis
-        rows.append(f"| {label} | {len(reports)} | " + " | ".join(cells) + " |")
-    return "\n".join(rows) + "\n"
+        rows.append([LABELS.get(name, name), len(reports)] + [cell(reports, d, c) for d in ("t2v", "v2t") for c in COLUMNS])
+    return columns, rows
+
+
+def ablation_table(results: dict[str, dict[int, dict]]) -> str:
+    """`ablation_rows` as a markdown table."""
+    columns, rows = ablation_rows(results)
+    lines = ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
+    for label, *cells in rows:
+        label = label.replace("*", r"\*")  # v*, v** are not emphasis
+        lines.append(f"| {label} | " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"

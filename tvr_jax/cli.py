@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 import time
+import traceback
 
 from tvr_jax.config_io import save_config
 
@@ -102,7 +103,7 @@ def _train(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     save_config(cfg, args.workdir)
-    train.train(cfg, args.workdir, train.dataset_batches(cfg))
+    train.train(cfg, args.workdir, train.dataset_batch_factory(cfg))
     return 0
 
 
@@ -135,7 +136,7 @@ def _demo(args: argparse.Namespace) -> int:
     for item in args.overrides:
         apply_override(cfg, item)
     save_config(cfg, args.workdir)
-    train.train(cfg, args.workdir, train.dataset_batches(cfg))
+    train.train(cfg, args.workdir, train.dataset_batch_factory(cfg))
     evaluate.evaluate_checkpoint(cfg, args.workdir)
     with open(os.path.join(args.workdir, "eval", "metrics.md")) as f:
         print(f.read())
@@ -153,8 +154,7 @@ def _ablate(args: argparse.Namespace) -> int:
 
         cfg.data_dir = os.path.join(args.workdir, "data")
         prepare.prepare("synthetic", cfg.data_dir)
-    variants = args.variants or list(ablation.VARIANTS)
-    ablation.run_ablation(cfg, args.workdir, variants, args.seeds)
+    ablation.run_ablation(cfg, args.workdir, ablation.resolve_variants(args.variants), args.seeds)
     with open(os.path.join(args.workdir, "ablation.md")) as f:
         print(f.read())
     return 0
@@ -236,7 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ablate", help="train + evaluate the paper's ablation variants and print one table")
     _add_config_arguments(p)
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds per variant")
-    p.add_argument("--variants", nargs="+", default=None, help="variant names (default: all, see tvr_jax/ablation.py)")
+    p.add_argument("--variants", nargs="+", default=None, help="variant names or groups: 'paper' (the default: the paper's cumulative rows), 'beside' (the full "
+                        "method with one change each), 'all'; names in tvr_jax/ablation.py")
     p.set_defaults(fn=_ablate)
 
     p = sub.add_parser("export", help="write a split's token features to an index folder (for `search`)")
@@ -277,5 +278,32 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def run() -> None:
+    """The `tvr-jax` command: `main`, then exit without the interpreter's teardown.
+
+    Every command has finished its work when `main` returns: outputs renamed into place,
+    checkpoints committed, logs flushed. What teardown would add is destroying live tf.data
+    iterators, whose worker threads may need the interpreter lock that the destroying thread
+    holds: the process then never exits (seen after `ablate`, which leaves one per run).
+    """
+    try:
+        code = main()
+    except SystemExit as e:  # argparse errors and --help
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except KeyboardInterrupt:
+        code = 130
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    if "jax" in sys.modules:  # a --distributed run: leave the coordinator as its atexit hook would
+        import jax
+
+        jax.distributed.shutdown()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

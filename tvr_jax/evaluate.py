@@ -11,26 +11,40 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import html
 import io
 import json
 import os
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec as P
 
+from data_pipeline.input_pipeline import CLIP_MEAN, CLIP_STD
+from data_pipeline.prepare import dataset_dir
+from data_pipeline.tokenizer import default_tokenizer
 from tvr_jax import metrics as metrics_lib
 from tvr_jax import sharding
-from tvr_jax.models.retrieval import RetrievalModel
+from tvr_jax.config_io import apply_override
+from tvr_jax.experiment import (VAL_SCORE, build_model, checkpoint_manager, dataset_input, loss_config,
+                                restore_params, validate_config)
+from tvr_jax.models.retrieval import RetrievalModel, init_from_clip
 from tvr_jax.objective import VIDEO_KEYS, LossConfig, similarity_matrix
 
 TEXT_KEYS = ("t_cls", "words", "word_mask", "word_weights", "word_logits")
 
 
-def encoder(model: RetrievalModel, mesh: Mesh, kind: str) -> tuple[Callable, tuple[str, ...]]:
-    """(jitted fn(params, batch) -> features of `kind`, the batch keys it reads); put batches with
+class Encoder(NamedTuple):
+    """A compiled encoder of one kind: `fn(params, batch)` -> features, reading batch[`inputs`]."""
+
+    fn: Callable
+    inputs: tuple[str, ...]
+
+
+def compile_encoder(model: RetrievalModel, mesh: Mesh, kind: str) -> Encoder:
+    """The jitted encoder of `kind` ("videos" or "captions"); put batches with
     `sharding.batch_sharding(mesh)`, the outputs' sharding."""
     if kind == "videos":
         fn = lambda p, b: model.apply({"params": p}, b["video"], b["video_mask"], method=model.encode_video)
@@ -41,14 +55,15 @@ def encoder(model: RetrievalModel, mesh: Mesh, kind: str) -> tuple[Callable, tup
     else:
         raise ValueError(f"kind must be 'videos' or 'captions', got {kind!r}")
     in_sharding = sharding.batch_sharding(mesh)
-    return jax.jit(lambda p, b: {k: v for k, v in fn(p, b).items() if k in keys}, out_shardings=in_sharding), inputs
+    return Encoder(jax.jit(lambda p, b: {k: v for k, v in fn(p, b).items() if k in keys}, out_shardings=in_sharding),
+                   inputs)
 
 
 def encode(model: RetrievalModel, params: dict, batches: Iterable[dict], mesh: Mesh, kind: str,
-           compiled: tuple[Callable, tuple[str, ...]] | None = None) -> dict[str, np.ndarray]:
+           compiled: Encoder | None = None) -> dict[str, np.ndarray]:
     """Features of every valid row of `batches` ("videos" or "captions"), gathered on the host.
-    `compiled`: `encoder(model, mesh, kind)` built once by a caller that encodes repeatedly."""
-    step, inputs = compiled or encoder(model, mesh, kind)
+    `compiled`: `compile_encoder(model, mesh, kind)` built once by a caller that encodes repeatedly."""
+    step, inputs = compiled or compile_encoder(model, mesh, kind)
     in_sharding = sharding.batch_sharding(mesh)
     chunks: dict[str, list[np.ndarray]] = {}
     for batch in batches:
@@ -127,13 +142,11 @@ def evaluate_checkpoint(cfg, workdir: str, step: int | None = None, *, mesh: Mes
     Model selection never looks at the test split. With `step` given, that checkpoint is
     reported; otherwise the one `select_checkpoint` names. The report says which rule chose it.
     """
-    from tvr_jax import train as train_lib
-
     mesh = mesh or sharding.make_mesh(tuple(cfg.mesh_shape))
     selection = f"step {step} as asked"
     if step is None:
         step, selection = select_checkpoint(cfg, workdir)
-    model, params, trained_step = train_lib.restore_params(cfg, workdir, step, mesh)
+    model, params, trained_step = restore_params(cfg, workdir, step, mesh)
     checkpoint = {"step": trained_step, "selection": selection, "note": "no model selection on the test split"}
     return _evaluate_params(cfg, model, params, mesh, workdir, checkpoint, f"step {trained_step}")
 
@@ -143,7 +156,6 @@ def evaluate_checkpoint(cfg, workdir: str, step: int | None = None, *, mesh: Mes
 # VAL_SCORE = t2v R@1 + v2t R@1 is saved with that step's checkpoint, and the checkpoint
 # manager keeps the best one besides the newest. Never on the evaluated split, so never on test.
 VALIDATION_SPLIT = "val"
-VAL_SCORE = "val_score"
 
 
 def validation_off(cfg) -> str | None:
@@ -179,9 +191,7 @@ def select_checkpoint(cfg, workdir: str) -> tuple[int, str]:
     """(step, why): the checkpoint with the best validation score recorded during training (ties
     to the later step), or the last checkpoint when none was recorded. Nothing is re-scored here:
     runs trained before validation during training get their last checkpoint (or --checkpoint)."""
-    from tvr_jax import train as train_lib
-
-    manager = train_lib.checkpoint_manager(workdir, cfg.keep_checkpoints)
+    manager = checkpoint_manager(workdir, cfg.keep_checkpoints)
     try:
         steps = sorted(manager.all_steps())
         recorded = {s: m[VAL_SCORE] for s in steps if isinstance(m := manager.metrics(s), dict) and VAL_SCORE in m}
@@ -202,8 +212,6 @@ def select_checkpoint(cfg, workdir: str) -> tuple[int, str]:
 
 def _has_split(cfg, split: str) -> bool:
     """Whether the prepared dataset holds `split` (TFDS's dataset_info.json lists them)."""
-    from data_pipeline.prepare import dataset_dir
-
     info = os.path.join(dataset_dir(cfg.data_dir, cfg.dataset), "dataset_info.json")
     if not os.path.isfile(info):
         raise FileNotFoundError(f"{info} not found: prepare the dataset first (tvr-jax prepare) and pass --config.data_dir")
@@ -213,18 +221,15 @@ def _has_split(cfg, split: str) -> bool:
 
 def evaluate_zero_shot(cfg, workdir: str, *, mesh: Mesh | None = None) -> dict[str, Any]:
     """CLIP weights (`cfg.init_checkpoint`) with no training: meanP frames, cosine of pooled features."""
-    from tvr_jax import train as train_lib
-    from tvr_jax.config_io import apply_override
-    from tvr_jax.models.retrieval import init_from_clip
 
     cfg = cfg.copy_and_resolve_references()
     for item in ("model.temporal='meanP'", "model.interaction='cosine'", "model.tpm=False", "loss.lambda_tpm=0.0"):
         apply_override(cfg, item)
-    train_lib.validate_config(cfg)
+    validate_config(cfg)
     if not cfg.init_checkpoint:
         raise ValueError("--zero-shot evaluates CLIP weights: pass --config.init_checkpoint=PATH")
     mesh = mesh or sharding.make_mesh(tuple(cfg.mesh_shape))
-    model, clip_params = train_lib.build_model(cfg)
+    model, clip_params = build_model(cfg)
     params = model.init(jax.random.PRNGKey(0), *model.dummy_batch(1))["params"]
     params = init_from_clip(model.config, params, clip_params)
     checkpoint = {"zero_shot": cfg.init_checkpoint, "note": "no training: meanP, cosine of pooled features"}
@@ -240,16 +245,14 @@ def _score_split(cfg, model: RetrievalModel, params, mesh: Mesh, split: str):
 def split_scorer(cfg, model: RetrievalModel, mesh: Mesh, split: str) -> Callable:
     """fn(params) -> (sim, texts, videos, video stream) of `split`; the encoders and the scorer
     are compiled once, so scoring again (validation during training) compiles nothing new."""
-    from tvr_jax import train as train_lib
-
     if cfg.eval.batch_size % sharding.num_batch_shards(mesh):
         raise ValueError(f"eval.batch_size={cfg.eval.batch_size} must be divisible by the {sharding.num_batch_shards(mesh)} batch shards")
-    lcfg = dataclasses.replace(train_lib.loss_config(cfg), block_size=cfg.eval.block_size)
-    encoders = {kind: encoder(model, mesh, kind) for kind in ("videos", "captions")}
-    sim_fn = scorer(model.config.interaction, lcfg, mesh)
+    loss_cfg = dataclasses.replace(loss_config(cfg), block_size=cfg.eval.block_size)
+    encoders = {kind: compile_encoder(model, mesh, kind) for kind in ("videos", "captions")}
+    sim_fn = scorer(model.config.interaction, loss_cfg, mesh)
 
     def run(params):
-        streams = {kind: train_lib.dataset_input(cfg, split, False, model.config, cfg.eval.batch_size, eval_rows=kind)
+        streams = {kind: dataset_input(cfg, split, False, model.config, cfg.eval.batch_size, eval_rows=kind)
                    for kind in ("videos", "captions")}  # one pass each: fresh every call
         videos = encode(model, params, streams["videos"], mesh, "videos", encoders["videos"])
         texts = encode(model, params, streams["captions"], mesh, "captions", encoders["captions"])
@@ -258,8 +261,6 @@ def split_scorer(cfg, model: RetrievalModel, mesh: Mesh, split: str) -> Callable
 
 
 def _evaluate_params(cfg, model: RetrievalModel, params, mesh: Mesh, workdir: str, checkpoint: dict, what: str) -> dict:
-    from tvr_jax import train as train_lib
-
     split = cfg.eval.split
     report, sim, texts, videos, video_stream = _score_split(cfg, model, params, mesh, split)
     report.update(checkpoint=checkpoint, split=split, dataset=cfg.dataset)
@@ -267,7 +268,7 @@ def _evaluate_params(cfg, model: RetrievalModel, params, mesh: Mesh, workdir: st
     write_report(report, out_dir, f"{cfg.dataset} {split}, {what}")
     write_recall_curve(sim, texts["video_index"], os.path.join(out_dir, "recall_at_k.png"))
     video_ids = [video_stream.video_ids[i] for i in videos["video_index"]]
-    fresh_videos = train_lib.dataset_input(cfg, split, False, model.config, cfg.eval.batch_size, eval_rows="videos")
+    fresh_videos = dataset_input(cfg, split, False, model.config, cfg.eval.batch_size, eval_rows="videos")
     write_gallery(sim, texts, video_ids, fresh_videos, out_dir, f"{cfg.dataset} {split}, {what}")
     return report
 
@@ -317,12 +318,7 @@ def write_gallery(sim: np.ndarray, texts: dict, video_ids: list[str], videos_str
                   num_queries: int = 12, top: int = 5) -> None:
     """gallery.html + thumbs/: sample queries (evenly spaced over the split) with their top-5 videos'
     middle frames; the true video is framed in green, others in grey."""
-    import html
-
     from PIL import Image
-
-    from data_pipeline.input_pipeline import CLIP_MEAN, CLIP_STD
-    from data_pipeline.tokenizer import default_tokenizer
 
     queries = np.unique(np.linspace(0, len(sim) - 1, min(num_queries, len(sim))).astype(int))
     tops = {int(q): np.argsort(-sim[q], kind="stable")[:top] for q in queries}

@@ -113,15 +113,15 @@ def ring_similarity(text: dict, video: dict, interaction: str, cfg: LossConfig, 
     size, instead of a global-size cotangent followed by a reduce-scatter.
     """
     n = jax.lax.axis_size(axes)
-    me = jax.lax.axis_index(axes)
+    this_device = jax.lax.axis_index(axes)
     to_previous = [(i, (i - 1) % n) for i in range(n)]
 
-    def hop(shard, _):
+    def score_and_pass_on(shard, _):
         sim = similarity_matrix(text, shard, interaction, cfg)
         return jax.tree.map(lambda x: jax.lax.ppermute(x, axes, to_previous), shard), sim
 
-    _, blocks = jax.lax.scan(hop, video, None, length=n)  # blocks[j]: videos of device (me + j) % n
-    blocks = blocks[(jnp.arange(n) - me) % n]  # global column order
+    _, blocks = jax.lax.scan(score_and_pass_on, video, None, length=n)  # blocks[j]: device (this + j) % n
+    blocks = blocks[(jnp.arange(n) - this_device) % n]  # global column order
     return jnp.transpose(blocks, (1, 0, 2)).reshape(blocks.shape[1], -1)
 
 

@@ -23,9 +23,15 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
-from tvr_jax import sharding
+from data_pipeline.prepare import read_metadata
+from data_pipeline.tokenizer import default_tokenizer
+from data_pipeline.word_weights import TaggerUnavailable, caption_weights, load_tagger, tagger_spec_of
+from tvr_jax import evaluate, sharding
+from tvr_jax.experiment import dataset_input, loss_config, restore_params
+from tvr_jax.objective import similarity_matrix
 
 INDEX_FORMAT = "tvr_jax.index/1"
 _FLOAT16 = ("frames", "frame_logits", "t_cls", "words", "word_logits")
@@ -40,17 +46,14 @@ def _save_npy(path: str, array: np.ndarray) -> None:
 def export_index(cfg, workdir: str, out_dir: str, split: str, step: int | None = None) -> dict[str, Any]:
     """Encode every video and caption of `split` with a checkpoint of `workdir` (default: the one
     `tvr-jax eval` reports, see `evaluate.select_checkpoint`); write the index."""
-    from data_pipeline.word_weights import tagger_spec_of
-    from tvr_jax import evaluate, train
-
     if os.path.exists(os.path.join(out_dir, "manifest.json")):
         raise FileExistsError(f"{out_dir} already holds an index; choose another --out or delete it")
     selection = f"step {step} as asked"
     if step is None:  # the checkpoint `tvr-jax eval` reports: the best on validation, else the newest
         step, selection = evaluate.select_checkpoint(cfg, workdir)
-    model, params, trained_step = train.restore_params(cfg, workdir, step)
+    model, params, trained_step = restore_params(cfg, workdir, step)
     mesh = sharding.make_mesh(tuple(cfg.mesh_shape))
-    streams = {kind: train.dataset_input(cfg, split, False, model.config, cfg.eval.batch_size, eval_rows=kind)
+    streams = {kind: dataset_input(cfg, split, False, model.config, cfg.eval.batch_size, eval_rows=kind)
                for kind in ("videos", "captions")}
     videos = evaluate.encode(model, params, streams["videos"], mesh, "videos")
     texts = evaluate.encode(model, params, streams["captions"], mesh, "captions")
@@ -95,15 +98,9 @@ def load_index(index_dir: str) -> tuple[dict, list[str], dict[str, np.ndarray]]:
 
 def search(index_dir: str, query: str, top_k: int = 10, chunk: int = 8192) -> list[tuple[str, float]]:
     """The `top_k` indexed videos for a free-text query, by the model's similarity."""
-    import ml_collections
-
-    from data_pipeline.tokenizer import default_tokenizer
-    from data_pipeline.word_weights import caption_weights
-    from tvr_jax import train
-
     manifest, video_ids, videos = load_index(index_dir)
     cfg = ml_collections.ConfigDict(manifest["run"]["config"])
-    model, params, _ = train.restore_params(cfg, manifest["run"]["workdir"], manifest["run"]["step"])
+    model, params, _ = restore_params(cfg, manifest["run"]["workdir"], manifest["run"]["step"])
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
     caption = default_tokenizer().tokenize_caption(query, model.config.max_words)
@@ -113,15 +110,12 @@ def search(index_dir: str, query: str, top_k: int = 10, chunk: int = 8192) -> li
     weights[0, : len(caption.ids)] = caption_weights([caption], index_tagger(manifest, cfg))[0]
     text = model.apply({"params": params}, jnp.asarray(ids), jnp.asarray(ids > 0), jnp.asarray(weights, jnp.float32),
                        method=model.encode_text)
-    rows, scores = rank_videos(text, videos, model.config.interaction, train.loss_config(cfg), top_k, chunk)
+    rows, scores = rank_videos(text, videos, model.config.interaction, loss_config(cfg), top_k, chunk)
     return [(video_ids[r], float(s)) for r, s in zip(rows, scores)]
 
 
 def index_tagger(manifest: dict, cfg):
     """The tagger the index's dataset was prepared with: query words must be weighed as its captions were."""
-    from data_pipeline.prepare import read_metadata
-    from data_pipeline.word_weights import TaggerUnavailable, load_tagger, tagger_spec_of
-
     spec = manifest.get("tagger")
     if not spec:  # an index exported before the manifest recorded it: ask the dataset
         metadata = read_metadata(cfg.data_dir, cfg.dataset) if cfg.get("data_dir") else None
@@ -136,13 +130,11 @@ def index_tagger(manifest: dict, cfg):
                                 f"must be weighed the same way, but {e.reason}", e.hint) from None
 
 
-def rank_videos(text: dict, videos: dict[str, np.ndarray], interaction: str, lcfg, top_k: int = 10,
+def rank_videos(text: dict, videos: dict[str, np.ndarray], interaction: str, loss_cfg, top_k: int = 10,
                 chunk: int = 8192) -> tuple[np.ndarray, np.ndarray]:
     """Top-k (rows, scores) of one encoded text against (possibly memory-mapped) video arrays,
     scored chunk by chunk with a running top-k."""
-    from tvr_jax.objective import similarity_matrix
-
-    score = jax.jit(lambda t, v: similarity_matrix(t, v, interaction, lcfg)[0])
+    score = jax.jit(lambda t, v: similarity_matrix(t, v, interaction, loss_cfg)[0])
     best_scores, best_rows = np.empty(0, np.float32), np.empty(0, np.int64)
     n = len(videos["frames"])
     for start in range(0, n, chunk):

@@ -1,13 +1,21 @@
-"""Device mesh and shardings: one table from logical axes to mesh axes (maxtext style).
+"""The device mesh and every sharding rule of the project, in one place.
 
-The batch is split over every mesh axis in `BATCH_AXES` ('data', and 'fsdp' when present:
-FSDP shards parameters over 'fsdp' and uses it for data parallelism too). Sizes of -1 are
-inferred from the device count.
+The mesh has two axes, ('data', 'fsdp'); sizes of -1 are inferred from the device count. Two
+rules place every array:
+  - batches: the leading (batch) dimension is split over every axis in `BATCH_AXES` ('data',
+    and 'fsdp' too: FSDP uses its axis for data parallelism as well), the rest replicated
+    (`batch_sharding`);
+  - parameters and optimizer state: each array's largest dimension divisible by the 'fsdp'
+    size is split over 'fsdp', arrays under `FSDP_MIN_SIZE` elements are replicated
+    (`fsdp_spec`, `fsdp_shardings`); with 'fsdp' of size 1 everything is replicated.
+Inside `shard_map` regions (the similarity blocks, evaluation) the same batch axes are named
+explicitly; elsewhere jit propagates from these.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+import math
+from typing import Any, Sequence
 
 import jax
 import numpy as np
@@ -15,6 +23,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp")
 BATCH_AXES = ("data", "fsdp")
+FSDP_MIN_SIZE = 2**14  # smaller arrays (norms, biases) are replicated: splitting them saves nothing
 
 
 def make_mesh(shape: Sequence[int] = (-1, 1), devices: Sequence[jax.Device] | None = None) -> Mesh:
@@ -41,9 +50,10 @@ def batch_axes(mesh: Mesh) -> tuple[str, ...]:
     return tuple(a for a in BATCH_AXES if a in mesh.axis_names)
 
 
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Leading (batch) dimension split over the batch axes, the rest replicated."""
-    return NamedSharding(mesh, P(batch_axes(mesh)))
+def batch_sharding(mesh: Mesh, batch_dim: int = 0) -> NamedSharding:
+    """The batch rule: dimension `batch_dim` (the batch; 1 for stacked micro-batches) split over
+    the batch axes, the rest replicated."""
+    return NamedSharding(mesh, P(*([None] * batch_dim), batch_axes(mesh)))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -52,3 +62,19 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 def num_batch_shards(mesh: Mesh) -> int:
     return int(np.prod([mesh.shape[a] for a in batch_axes(mesh)]))
+
+
+def fsdp_spec(shape: tuple[int, ...], fsdp: int) -> P:
+    """The parameter rule: split the largest dimension divisible by `fsdp`; small arrays replicate."""
+    if fsdp == 1 or math.prod(shape) < FSDP_MIN_SIZE:
+        return P()
+    for d in sorted(range(len(shape)), key=lambda d: -shape[d]):
+        if shape[d] % fsdp == 0:
+            return P(*([None] * d + ["fsdp"]))
+    return P()
+
+
+def fsdp_shardings(tree: Any, mesh: Mesh) -> Any:
+    """`fsdp_spec` for every leaf of a pytree of arrays (or shapes): parameters, optimizer state."""
+    fsdp = mesh.shape.get("fsdp", 1)
+    return jax.tree.map(lambda x: NamedSharding(mesh, fsdp_spec(tuple(x.shape), fsdp)), tree)

@@ -1,31 +1,30 @@
-"""Training: sharded state, the train step, checkpoints with exact resume, logs, the loop.
+"""Training: the train step, logs and the loop, resuming exactly from checkpoints.
 
 Everything numeric is a jitted pure function of (state, batch); the loop around it only moves
-batches in, logs and checkpoints. Sections:
-  1. model and state    2. the train step    3. checkpoints    4. logs    5. the loop
+batches in, logs, validates and checkpoints. What a run is made of (model, loss, input, state,
+checkpoints) comes from `tvr_jax.experiment`, shared with evaluation and search. Sections:
+  1. the train step    2. logs    3. the loop
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import signal
 import time
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
-import flax
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 
-from data_pipeline.video import FRAME_SAMPLINGS
-from tvr_jax import sharding
-from tvr_jax.models import clip_weights  # not tvr_jax.clip: its tokenizer (ftfy) is no training dependency
-from tvr_jax.models.clip import PRESETS
-from tvr_jax.models.retrieval import RetrievalConfig, RetrievalModel, init_from_clip
+from data_pipeline.prepare import tagger_warning
+from tvr_jax import evaluate, sharding
+from tvr_jax.experiment import (TrainState, build_model, checkpoint_manager, create_train_state, dataset_input,
+                                loss_config, restore_checkpoint, save_checkpoint, validate_config)
+from tvr_jax.models.retrieval import RetrievalConfig, RetrievalModel
 from tvr_jax.objective import LossConfig, sharded_total_loss
 from tvr_jax.optim import make_optimizer
 
@@ -37,111 +36,7 @@ BATCH_KEYS = MODEL_INPUTS + ("video_index",)
 
 
 # ==============================================================================================
-# 1. Model and state
-# ==============================================================================================
-class TrainState(flax.struct.PyTreeNode):
-    step: jax.Array
-    params: Any
-    opt_state: Any
-    # First step whose loss was non-finite (-1: none) and a bitmask of the parts that were; the
-    # update of such a step is skipped, so the state stays the last good one.
-    bad_step: jax.Array
-    bad_parts: jax.Array
-
-
-def validate_config(cfg) -> None:
-    """Every field a run uses, checked before anything heavy: errors name the field and the allowed values."""
-    problems = []
-    for field in ("global_batch_size", "total_steps", "log_every", "checkpoint_every", "keep_checkpoints",
-                  "accumulation_steps"):
-        if not isinstance(cfg[field], int) or cfg[field] < 1:
-            problems.append(f"{field}={cfg[field]!r} must be an integer >= 1")
-    if len(tuple(cfg.mesh_shape)) != len(sharding.MESH_AXES):
-        problems.append(f"mesh_shape={tuple(cfg.mesh_shape)} must give one size per axis {sharding.MESH_AXES}")
-    if cfg.model.clip_preset not in PRESETS:
-        problems.append(f"model.clip_preset={cfg.model.clip_preset!r} (allowed: {sorted(PRESETS)})")
-    if cfg.data.caption_sampling not in ("random", "all"):
-        problems.append(f"data.caption_sampling={cfg.data.caption_sampling!r} (allowed: 'random', 'all')")
-    if cfg.data.frame_sampling not in FRAME_SAMPLINGS:
-        problems.append(f"data.frame_sampling={cfg.data.frame_sampling!r} (allowed: {FRAME_SAMPLINGS})")
-    if cfg.eval.batch_size < 1 or cfg.eval.block_size < 1:
-        problems.append(f"eval.batch_size={cfg.eval.batch_size} and eval.block_size={cfg.eval.block_size} must be >= 1")
-    if problems:
-        raise ValueError("invalid config: " + "; ".join(problems))
-    try:  # the dataclasses check the model and loss fields, naming each bad one
-        _retrieval_config(cfg, PRESETS[cfg.model.clip_preset])
-        loss_config(cfg)
-    except (ValueError, TypeError) as e:
-        raise ValueError(f"invalid config: {e}") from None
-
-
-def _retrieval_config(cfg, clip_cfg) -> RetrievalConfig:
-    m = cfg.model
-    return RetrievalConfig(clip=clip_cfg, max_frames=m.max_frames, max_words=m.max_words, temporal=m.temporal,
-                           temporal_layers=m.temporal_layers, patch_tokens=m.patch_tokens,
-                           interaction=m.interaction, wti_mlp=m.wti_mlp, tpm=m.tpm)
-
-
-def build_model(cfg) -> tuple[RetrievalModel, dict | None]:
-    """The model of `cfg.model`, and CLIP parameters when `cfg.init_checkpoint` is set."""
-    m = cfg.model
-    compute = dict(dtype=m.dtype, remat=m.remat, scan_layers=m.scan_layers)
-    clip_params = None
-    if cfg.init_checkpoint:
-        if m.get("image_size", 0) > 0 or m.get("patch_size", 0) > 0:
-            raise ValueError("model.image_size / model.patch_size change the architecture: they apply to random "
-                             "initialisation only, the checkpoint fixes them (set them to 0)")
-        clip_model, clip_params = clip_weights.load(cfg.init_checkpoint, **compute)
-        clip_cfg = clip_model.config
-    else:
-        if m.clip_preset not in PRESETS:
-            raise ValueError(f"model.clip_preset={m.clip_preset!r} (allowed: {sorted(PRESETS)})")
-        geometry = {k: m[k] for k in ("image_size", "patch_size") if m.get(k, 0) > 0}
-        clip_cfg = PRESETS[m.clip_preset].replace(**compute, **geometry)
-    return RetrievalModel(_retrieval_config(cfg, clip_cfg)), clip_params
-
-
-def loss_config(cfg) -> LossConfig:
-    return LossConfig(**cfg.loss.to_dict())
-
-
-def _fsdp_spec(shape: tuple[int, ...], fsdp: int) -> P:
-    """Shard a parameter's largest dimension divisible by the fsdp size; small ones replicate."""
-    if fsdp == 1 or math.prod(shape) < 2**14:
-        return P()
-    dims = sorted(range(len(shape)), key=lambda d: -shape[d])
-    for d in dims:
-        if shape[d] % fsdp == 0:
-            return P(*([None] * d + ["fsdp"]))
-    return P()
-
-
-def state_shardings(abstract_state: TrainState, mesh: Mesh) -> TrainState:
-    fsdp = mesh.shape.get("fsdp", 1)
-    return jax.tree.map(lambda x: NamedSharding(mesh, _fsdp_spec(tuple(x.shape), fsdp)), abstract_state)
-
-
-def create_train_state(cfg, model: RetrievalModel, optimizer: optax.GradientTransformation, mesh: Mesh,
-                       clip_params: dict | None = None) -> tuple[TrainState, TrainState]:
-    """(state, its shardings): parameters created already sharded (`jax.jit(init, out_shardings)`)."""
-
-    def init(rng):
-        params = model.init(rng, *model.dummy_batch(1))["params"]
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
-                          bad_step=jnp.full((), -1, jnp.int32), bad_parts=jnp.zeros((), jnp.int32))
-
-    rng = jax.random.PRNGKey(cfg.seed)
-    shardings = state_shardings(jax.eval_shape(init, rng), mesh)
-    state = jax.jit(init, out_shardings=shardings)(rng)
-    if clip_params is not None:
-        params = init_from_clip(model.config, jax.device_get(state.params), clip_params)
-        params = jax.device_put(params, shardings.params)
-        state = state.replace(params=params, opt_state=jax.jit(optimizer.init, out_shardings=shardings.opt_state)(params))
-    return state, shardings
-
-
-# ==============================================================================================
-# 2. The train step
+# 1. The train step
 # ==============================================================================================
 def _split_features(features: dict) -> tuple[dict, dict]:
     """Float features (differentiable) and the rest (masks, indices)."""
@@ -149,7 +44,7 @@ def _split_features(features: dict) -> tuple[dict, dict]:
     return floats, {k: v for k, v in features.items() if k not in floats}
 
 
-def make_loss_and_grads(model: RetrievalModel, lcfg: LossConfig, mesh: Mesh, accumulation_steps: int) -> Callable:
+def make_loss_and_grads(model: RetrievalModel, loss_cfg: LossConfig, mesh: Mesh, accumulation_steps: int) -> Callable:
     """(params, batch) -> ((loss, parts), grads) of the global batch.
 
     With accumulation_steps = k > 1 the batch runs as k micro-batches by gradient caching: all
@@ -160,13 +55,13 @@ def make_loss_and_grads(model: RetrievalModel, lcfg: LossConfig, mesh: Mesh, acc
     micro-batch of activations, at the price of a second forward pass.
     """
     n_shards = sharding.num_batch_shards(mesh)
-    batch_spec = NamedSharding(mesh, P(sharding.batch_axes(mesh)))
+    batch_spec, micro_batch_spec = sharding.batch_sharding(mesh), sharding.batch_sharding(mesh, batch_dim=1)
     def forward(params, batch):
-        features = model.apply({"params": params}, *(batch[k] for k in MODEL_INPUTS), rho=lcfg.rho,
-                               straight_through=lcfg.visual_mask_straight_through)
+        features = model.apply({"params": params}, *(batch[k] for k in MODEL_INPUTS), rho=loss_cfg.rho,
+                               straight_through=loss_cfg.visual_mask_straight_through)
         return {**features, "video_ids": batch["video_index"]}
 
-    loss_of_features = lambda feats: sharded_total_loss(feats, model.config.interaction, lcfg, mesh)
+    loss_of_features = lambda feats: sharded_total_loss(feats, model.config.interaction, loss_cfg, mesh)
 
     if accumulation_steps == 1:
         return jax.value_and_grad(lambda p, b: loss_of_features(forward(p, b)), has_aux=True)
@@ -175,7 +70,7 @@ def make_loss_and_grads(model: RetrievalModel, lcfg: LossConfig, mesh: Mesh, acc
 
     def to_micro(x):  # (B, ...) -> (k, B/k, ...), every micro-batch spread over every shard
         x = x.reshape(n_shards, k, -1, *x.shape[1:]).swapaxes(0, 1)
-        return jax.lax.with_sharding_constraint(x.reshape(k, -1, *x.shape[3:]), NamedSharding(mesh, P(None, sharding.batch_axes(mesh))))
+        return jax.lax.with_sharding_constraint(x.reshape(k, -1, *x.shape[3:]), micro_batch_spec)
 
     def from_micro(x):  # (k, B/k, ...) -> (B, ...) in shard-major order (a permutation of the pairs)
         x = x.reshape(k, n_shards, -1, *x.shape[2:]).swapaxes(0, 1)
@@ -200,10 +95,10 @@ def make_loss_and_grads(model: RetrievalModel, lcfg: LossConfig, mesh: Mesh, acc
     return loss_and_grads
 
 
-def make_train_step(model: RetrievalModel, lcfg: LossConfig, optimizer: optax.GradientTransformation, mesh: Mesh,
+def make_train_step(model: RetrievalModel, loss_cfg: LossConfig, optimizer: optax.GradientTransformation, mesh: Mesh,
                     shardings: TrainState, accumulation_steps: int = 1) -> Callable:
     """jit((state, batch) -> (state, metrics)); batch leaves sharded over the batch axes."""
-    loss_and_grads = make_loss_and_grads(model, lcfg, mesh, accumulation_steps)
+    loss_and_grads = make_loss_and_grads(model, loss_cfg, mesh, accumulation_steps)
 
     def step(state: TrainState, batch: dict):
         (loss, parts), grads = loss_and_grads(state.params, batch)
@@ -217,7 +112,8 @@ def make_train_step(model: RetrievalModel, lcfg: LossConfig, optimizer: optax.Gr
         new_state = TrainState(
             step=state.step + 1, params=keep(params, state.params), opt_state=keep(opt_state, state.opt_state),
             bad_step=jnp.where(first_bad, state.step, state.bad_step),
-            bad_parts=jnp.where(first_bad, jnp.sum(bad * (2 ** jnp.arange(len(metrics)))), state.bad_parts))
+            bad_metrics_bitmask=jnp.where(first_bad, jnp.sum(bad * (2 ** jnp.arange(len(metrics)))),
+                                          state.bad_metrics_bitmask))
         return new_state, metrics
 
     batch_sharding = sharding.batch_sharding(mesh)
@@ -226,66 +122,7 @@ def make_train_step(model: RetrievalModel, lcfg: LossConfig, optimizer: optax.Gr
 
 
 # ==============================================================================================
-# 3. Checkpoints (orbax): state + input position, atomic, keep-N + best on validation, resumable
-# ==============================================================================================
-def checkpoint_manager(workdir: str, keep: int):
-    """Keeps the newest `keep` checkpoints (resume starts from the newest) and, besides them, the
-    one with the best validation score (docs/method.md section 5.2). The score is orbax metrics
-    inside its checkpoint, committed atomically with it, and an old step is deleted only after
-    the new one is committed: no crash can lose the best. Ties keep the later step."""
-    import orbax.checkpoint as ocp
-    from orbax.checkpoint import checkpoint_managers as policies
-
-    from tvr_jax.evaluate import VAL_SCORE
-
-    val_score = lambda metrics: float(metrics.get(VAL_SCORE, -math.inf))
-    keep_policy = policies.AnyPreservationPolicy([
-        policies.LatestN(n=keep),
-        policies.BestN(get_metric_fn=val_score, n=1, keep_checkpoints_without_metrics=False)])
-    # best_fn makes orbax write the metrics; the preservation policy alone decides what is kept.
-    options = ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=True, best_fn=val_score,
-                                           best_mode="max", preservation_policy=keep_policy)
-    return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")), options=options,
-                                 item_names=("state", "data"))
-
-
-def save_checkpoint(manager, state: TrainState, data_state: dict, validation: dict[str, float] | None = None) -> None:
-    """`validation`: this step's validation metrics, saved with it (None: not validated)."""
-    import orbax.checkpoint as ocp
-
-    # An empty record, not None: orbax warns on every save without metrics; it ranks below any score.
-    manager.save(int(jax.device_get(state.step)), metrics=validation or {},
-                 args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)))
-
-
-def restore_checkpoint(manager, state: TrainState, shardings: TrainState, step: int | None = None):
-    """(state, data_state) of `step` (default newest), restored onto `shardings`."""
-    import orbax.checkpoint as ocp
-
-    step = manager.latest_step() if step is None else step
-    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
-    out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()))
-    return out["state"], out["data"]
-
-
-def restore_params(cfg, workdir: str, step: int | None = None, mesh: Mesh | None = None):
-    """(model, params, step) of checkpoint `step` (default: the newest) of `workdir`."""
-    validate_config(cfg)
-    mesh = mesh or sharding.make_mesh(tuple(cfg.mesh_shape))
-    model, _ = build_model(cfg)
-    state, shardings = create_train_state(cfg, model, make_optimizer(cfg.optim, cfg.total_steps), mesh)
-    manager = checkpoint_manager(workdir, cfg.keep_checkpoints)
-    try:
-        if manager.latest_step() is None:
-            raise FileNotFoundError(f"{workdir}/checkpoints holds no checkpoint: train first (tvr-jax train)")
-        state, _ = restore_checkpoint(manager, state, shardings, step)
-    finally:
-        manager.close()
-    return model, state.params, int(jax.device_get(state.step))
-
-
-# ==============================================================================================
-# 4. Logs: console, metrics.jsonl, TensorBoard
+# 2. Logs: console, metrics.jsonl, TensorBoard
 # ==============================================================================================
 class MetricLogger:
     """One JSON object per write in WORKDIR/metrics.jsonl (appended, flushed): training metrics
@@ -335,7 +172,7 @@ def _truncate_jsonl(path: str, last_step: int) -> None:
 
 
 # ==============================================================================================
-# 5. The loop
+# 3. The loop
 # ==============================================================================================
 class NonFiniteLoss(RuntimeError):
     pass
@@ -344,23 +181,7 @@ class NonFiniteLoss(RuntimeError):
 MakeBatches = Callable[[dict | None, RetrievalConfig], tuple[Iterator[dict], Callable[[], dict]]]
 
 
-def dataset_input(cfg, split: str, training: bool, model_config: RetrievalConfig, batch_size: int, **kw):
-    """The tf.data input of a prepared dataset (`cfg.data_dir`, `cfg.dataset`) for this model."""
-    from data_pipeline.input_pipeline import InputConfig, VideoTextInput
-    from data_pipeline.prepare import dataset_dir
-
-    if not cfg.data_dir:
-        raise ValueError("config.data_dir is empty: prepare a dataset with `tvr-jax prepare --dataset "
-                         f"{cfg.dataset} --out DIR` and pass --config.data_dir=DIR")
-    input_cfg = InputConfig(split=split, training=training, global_batch_size=batch_size,
-                            num_frames=model_config.max_frames, max_words=model_config.max_words,
-                            image_size=model_config.clip.image_size, random_crop=cfg.data.random_crop and training,
-                            random_flip=cfg.data.random_flip and training, seed=cfg.seed,
-                            caption_sampling=cfg.data.caption_sampling, frame_sampling=cfg.data.frame_sampling, **kw)
-    return VideoTextInput(dataset_dir(cfg.data_dir, cfg.dataset), input_cfg)
-
-
-def dataset_batches(cfg) -> MakeBatches:
+def dataset_batch_factory(cfg) -> MakeBatches:
     """`make_batches` for `train`: the training split of the prepared dataset, resumable."""
     def make(data_state, model_config):
         pipe = dataset_input(cfg, "train", True, model_config, cfg.global_batch_size)
@@ -381,8 +202,6 @@ def train(cfg, workdir: str, make_batches: MakeBatches, *, mesh: Mesh | None = N
     """
     validate_config(cfg)
     if cfg.data_dir:  # word weights from another tagger than data.tagger change the method: say so loudly
-        from data_pipeline.prepare import tagger_warning
-
         if warning := tagger_warning(cfg.data_dir, cfg.dataset, cfg.data.tagger):
             log.warning(warning)
     mesh = mesh or sharding.make_mesh(tuple(cfg.mesh_shape))
@@ -390,7 +209,7 @@ def train(cfg, workdir: str, make_batches: MakeBatches, *, mesh: Mesh | None = N
         raise ValueError(f"global_batch_size={cfg.global_batch_size} must be divisible by the batch shards "
                          f"({sharding.num_batch_shards(mesh)}) x accumulation_steps ({cfg.accumulation_steps})")
     model, clip_params = build_model(cfg)
-    lcfg = loss_config(cfg)
+    loss_cfg = loss_config(cfg)
     optimizer = make_optimizer(cfg.optim, cfg.total_steps)
     validate = _validator(cfg, model, mesh)
     state, shardings = create_train_state(cfg, model, optimizer, mesh, clip_params)
@@ -399,7 +218,7 @@ def train(cfg, workdir: str, make_batches: MakeBatches, *, mesh: Mesh | None = N
     if manager.latest_step() is not None:
         state, data_state = restore_checkpoint(manager, state, shardings)
         log.info("resumed from step %d", int(state.step))
-    step_fn = make_train_step(model, lcfg, optimizer, mesh, shardings, cfg.accumulation_steps)
+    step_fn = make_train_step(model, loss_cfg, optimizer, mesh, shardings, cfg.accumulation_steps)
     batches, get_data_state = make_batches(data_state, model.config)
     start = int(jax.device_get(state.step))
     logger = MetricLogger(workdir, start)
@@ -458,8 +277,6 @@ def train(cfg, workdir: str, make_batches: MakeBatches, *, mesh: Mesh | None = N
 def _validator(cfg, model: RetrievalModel, mesh: Mesh) -> Callable | None:
     """fn(params) -> validation metrics every `eval_every` steps (docs/method.md section 5.2), or
     None (logged once) when `cfg` validates nothing."""
-    from tvr_jax import evaluate  # evaluate imports this module lazily too
-
     why = evaluate.validation_off(cfg)
     if why is not None:
         log.info("no validation during training: %s; evaluation will report the last checkpoint", why)
@@ -473,7 +290,7 @@ def _check_finite(state: TrainState, metric_names: list[str]) -> None:
     """Stop on the first non-finite step: name the step and the loss parts that were non-finite."""
     bad_step = int(jax.device_get(state.bad_step))
     if bad_step >= 0:
-        mask = int(jax.device_get(state.bad_parts))
+        mask = int(jax.device_get(state.bad_metrics_bitmask))
         names = [n for i, n in enumerate(metric_names) if mask >> i & 1] or [f"bitmask {mask}"]
         raise NonFiniteLoss(
             f"non-finite {', '.join(names)} at step {bad_step + 1}; that update was skipped and the last good "

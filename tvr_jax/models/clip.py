@@ -9,9 +9,11 @@ The method needs every token, not only the pooled ones (docs/method.md section 1
 `encode_image` / `encode_text` the model has `image_tokens` (projected CLS + patch tokens per
 image) and `text_tokens` (projected token at every position).
 
-Big-model switches: compute `dtype` (bfloat16) with float32 parameters, per-block
-rematerialisation (`remat`), and stacking the blocks with `nn.scan` (`scan_layers`: one compiled
-block instead of L, parameters stacked on a leading layer axis).
+Big-model switches: compute `dtype` (bfloat16) with float32 parameters, stacking the blocks with
+`nn.scan` (`scan_layers`: one compiled block instead of L, parameters stacked on a leading layer
+axis), and rematerialising each block in the backward pass (`remat`, which implies the stacked
+layout; `remat_policy` says what a block keeps). Checkpoints store the per-layer layout;
+`clip_weights.stack_layers` / `unstack_layers` convert between the two.
 """
 
 from __future__ import annotations
@@ -29,6 +31,17 @@ _ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),
 }
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+# `jax.checkpoint_policies` entries `remat_policy` may name: what each block keeps for the backward
+# pass besides its input. nothing_saveable: only the input (least memory, one extra forward);
+# dots_with_no_batch_dims_saveable: also the Dense outputs (not the attention products);
+# dots_saveable: every matrix product, attention included.
+REMAT_POLICIES = ("nothing_saveable", "dots_with_no_batch_dims_saveable", "dots_saveable")
+# CLIPConfig fields that change how the model computes, not what its parameters mean: a
+# checkpoint fixes the rest, these may be chosen when loading it.
+COMPUTE_SWITCHES = ("dtype", "param_dtype", "remat", "remat_policy", "scan_layers")
+# The CLIPConfig fields that change speed and memory, not the parameters' meaning: a run config
+# sets them (`model.*`) whatever the architecture's source (preset or checkpoint).
+COMPUTE_SWITCHES = ("dtype", "remat", "remat_policy", "scan_layers")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,14 +63,18 @@ class CLIPConfig:
     text_mlp_dim: int = 2048
     activation: str = "quick_gelu"
     layer_norm_eps: float = 1e-5
-    # Compute switches: they change speed and memory, not the parameters' meaning.
+    # Compute switches (COMPUTE_SWITCHES): they change speed and memory, not the parameters'
+    # meaning; `scan_layers` and `remat` store the blocks' parameters stacked (`stacked_layers`).
     dtype: str = "float32"
     param_dtype: str = "float32"
     remat: bool = False
+    remat_policy: str = "nothing_saveable"
     scan_layers: bool = False
 
     def __post_init__(self):
         problems = []
+        if self.remat_policy not in REMAT_POLICIES:
+            problems.append(f"remat_policy={self.remat_policy!r} (allowed: {list(REMAT_POLICIES)})")
         if self.activation not in _ACTIVATIONS:
             problems.append(f"activation={self.activation!r} (allowed: {sorted(_ACTIVATIONS)})")
         for field in ("dtype", "param_dtype"):
@@ -78,6 +95,11 @@ class CLIPConfig:
     @property
     def grid_size(self) -> int:
         return self.image_size // self.patch_size
+
+    @property
+    def stacked_layers(self) -> bool:
+        """Whether the blocks' parameters are stacked (`resblocks`) rather than per layer (`resblocks_{i}`)."""
+        return self.scan_layers or self.remat
 
     def replace(self, **changes: Any) -> "CLIPConfig":
         return dataclasses.replace(self, **changes)
@@ -128,26 +150,31 @@ class LayerNorm(nn.Module):
 
 
 class MultiHeadAttention(nn.Module):
-    """Scaled dot-product self-attention, separate q/k/v projections with bias, softmax in fp32."""
+    """Self-attention with separate q/k/v projections (with bias), as OpenAI CLIP computes it.
+
+    The core is `jax.nn.dot_product_attention`: logits q.k / sqrt(head_dim) accumulated in float32
+    whatever the compute dtype, masked, softmax in float32, probabilities cast back to the compute
+    dtype for the product with v. `causal` hides later positions (the text tower); `mask` (bool,
+    broadcastable to (batch, heads, query, key), True = attend) hides any others. The function's
+    default implementation is XLA's on every backend (jax 0.10 to 0.12); `is_causal` rather than
+    a mask array lets a fused kernel skip the hidden half.
+    """
 
     width: int
     heads: int
+    causal: bool = False
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x, mask=None):
+    def __call__(self, x, mask=None):  # x: (batch, length, width)
         head_dim = self.width // self.heads
         dense = lambda name: nn.Dense(self.width, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
         split = lambda y: y.reshape(*y.shape[:-1], self.heads, head_dim)
-        q = split(dense("q_proj")(x)) * head_dim**-0.5
-        k, v = split(dense("k_proj")(x)), split(dense("v_proj")(x))
-        logits = jnp.einsum("...qhd,...khd->...hqk", q, k).astype(jnp.float32)
-        if mask is not None:
-            logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-        out = jnp.einsum("...hqk,...khd->...qhd", probs, v).reshape(x.shape)
-        return dense("out_proj")(out)
+        q, k, v = (split(dense(name)(x)) for name in ("q_proj", "k_proj", "v_proj"))
+        mask = None if mask is None else jnp.asarray(mask, jnp.bool_)
+        out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=head_dim**-0.5, is_causal=self.causal)
+        return dense("out_proj")(out.reshape(x.shape))
 
 
 class ResidualAttentionBlock(nn.Module):
@@ -158,6 +185,7 @@ class ResidualAttentionBlock(nn.Module):
     mlp_dim: int
     activation: str = "quick_gelu"
     eps: float = 1e-5
+    causal: bool = False
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -165,7 +193,7 @@ class ResidualAttentionBlock(nn.Module):
     def __call__(self, x, mask=None):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         y = LayerNorm(self.eps, self.param_dtype, name="ln_1")(x)
-        x = x + MultiHeadAttention(self.width, self.heads, name="attn", **kw)(y, mask)
+        x = x + MultiHeadAttention(self.width, self.heads, self.causal, name="attn", **kw)(y, mask)
         y = LayerNorm(self.eps, self.param_dtype, name="ln_2")(x)
         y = nn.Dense(self.mlp_dim, name="c_fc", **kw)(y)
         y = nn.Dense(self.width, name="c_proj", **kw)(_ACTIVATIONS[self.activation](y))
@@ -176,30 +204,18 @@ def _scan_body(block: nn.Module, x, mask):
     return block(x, mask), None
 
 
-def _rematerialised_loop(block: nn.Module, layer_params: list, x, mask):
-    """Run `block` once per entry of `layer_params` as a `lax.scan` of a `jax.checkpoint`ed step.
-
-    Why not `nn.remat` on each unrolled block: JAX then keeps the backward pass's recomputation
-    apart from the forward pass only with `optimization_barrier`s, and compilers undo that. XLA's
-    CPU pipeline strips the barriers (`cse_barrier_expander`) before a CSE that merges the
-    recomputation back into the forward pass: no saving at all. XLA's GPU scheduler is free to
-    run the recomputation early as long as the step fits its memory limit: the ViT-B/32 train
-    step kept ~440 MiB per clip instead of ~590 (benchmarks/notes/train_memory.md). Inside a loop
-    the recomputation lives in the backward loop's body, so only each block's input is kept,
-    on any backend. The per-layer parameters are stacked for the loop on the fly (their stored
-    layout is unchanged; the copy and its gradient cost two parameter-sized buffers, which
-    `scan_layers` avoids); each step does the same arithmetic as the unrolled block.
-    """
-    stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *layer_params)
-    step = jax.checkpoint(lambda h, p: (block.apply({"params": p}, h, mask), None), prevent_cse=False)
-    return jax.lax.scan(step, x, stacked)[0]
-
-
 class Transformer(nn.Module):
-    """A stack of residual attention blocks: `resblocks_{i}` params, or stacked `resblocks` with scan.
+    """A stack of residual attention blocks: per-layer `resblocks_{i}` params, or `resblocks`
+    stacked on a leading layer axis when the blocks run as one `nn.scan` (`stacked_layers`).
 
-    `remat` keeps only each block's input for the backward pass and recomputes the rest, as a
-    rematerialised loop over the blocks in either layout (see `_rematerialised_loop`).
+    `remat` recomputes each block in the backward pass, keeping what `remat_policy` allows. It
+    implies the scan: with `nn.remat` on unrolled blocks, only `optimization_barrier`s keep the
+    recomputation apart from the forward pass, and compilers undo that. XLA's CPU pipeline strips
+    the barriers (`cse_barrier_expander`) before a CSE that merges the recomputation back: no
+    saving at all. XLA's GPU scheduler may run the recomputation early while the step fits its
+    memory limit: the ViT-B/32 train step kept ~440 MiB per clip instead of ~590
+    (benchmarks/notes/train_memory.md). Inside a loop the recomputation lives in the backward
+    loop's body, where no pass can merge or hoist it; so `prevent_cse=False` (no barriers).
     """
 
     width: int
@@ -208,28 +224,34 @@ class Transformer(nn.Module):
     mlp_dim: int
     activation: str = "quick_gelu"
     eps: float = 1e-5
+    causal: bool = False
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     remat: bool = False
+    remat_policy: str = "nothing_saveable"
     scan_layers: bool = False
+
+    @property
+    def stacked_layers(self) -> bool:
+        return self.scan_layers or self.remat
 
     @nn.compact
     def __call__(self, x, mask=None):
         kw = dict(width=self.width, heads=self.heads, mlp_dim=self.mlp_dim, activation=self.activation,
-                  eps=self.eps, dtype=self.dtype, param_dtype=self.param_dtype)
-        if self.scan_layers:
-            # The loop keeps the recomputation apart from the forward pass: no CSE barrier needed.
-            block_cls = nn.remat(ResidualAttentionBlock, prevent_cse=False) if self.remat else ResidualAttentionBlock
-            scan = nn.scan(_scan_body, variable_axes={"params": 0}, split_rngs={"params": True},
-                           in_axes=nn.broadcast, length=self.layers)
-            x, _ = scan(block_cls(name="resblocks", **kw), x, mask)
+                  eps=self.eps, causal=self.causal, dtype=self.dtype, param_dtype=self.param_dtype)
+        if not self.stacked_layers:
+            for i in range(self.layers):
+                x = ResidualAttentionBlock(name=f"resblocks_{i}", **kw)(x, mask)
             return x
-        if self.remat and not self.is_initializing():
-            params = self.variables["params"]
-            layer_params = [params[f"resblocks_{i}"] for i in range(self.layers)]
-            return _rematerialised_loop(ResidualAttentionBlock(parent=None, **kw), layer_params, x, mask)
-        for i in range(self.layers):  # also the remat layout's init: the parameters, one block each
-            x = ResidualAttentionBlock(name=f"resblocks_{i}", **kw)(x, mask)
+        block_cls = ResidualAttentionBlock
+        if self.remat:
+            if self.remat_policy not in REMAT_POLICIES:
+                raise ValueError(f"remat_policy={self.remat_policy!r} (allowed: {list(REMAT_POLICIES)})")
+            policy = getattr(jax.checkpoint_policies, self.remat_policy)
+            block_cls = nn.remat(block_cls, policy=policy, prevent_cse=False)
+        scan = nn.scan(_scan_body, variable_axes={"params": 0}, split_rngs={"params": True},
+                       in_axes=nn.broadcast, length=self.layers)
+        x, _ = scan(block_cls(name="resblocks", **kw), x, mask)
         return x
 
 
@@ -238,7 +260,8 @@ def _tower_kwargs(cfg: CLIPConfig, tower: str) -> dict[str, Any]:
         width=getattr(cfg, f"{tower}_width"), layers=getattr(cfg, f"{tower}_layers"),
         heads=getattr(cfg, f"{tower}_heads"), mlp_dim=getattr(cfg, f"{tower}_mlp_dim"),
         activation=cfg.activation, eps=cfg.layer_norm_eps, dtype=_dtype(cfg.dtype),
-        param_dtype=_dtype(cfg.param_dtype), remat=cfg.remat, scan_layers=cfg.scan_layers,
+        param_dtype=_dtype(cfg.param_dtype), remat=cfg.remat, remat_policy=cfg.remat_policy,
+        scan_layers=cfg.scan_layers,
     )
 
 
@@ -310,8 +333,7 @@ class TextTransformer(nn.Module):
         pos = self.param("positional_embedding", nn.initializers.normal(0.01),
                          (cfg.context_length, cfg.text_width), pdtype)
         x = x + pos[:length].astype(dtype)
-        causal = nn.make_causal_mask(jnp.ones(token_ids.shape[-1:], jnp.bool_), dtype=jnp.bool_)[0]
-        x = Transformer(**_tower_kwargs(cfg, "text"), name="transformer")(x, causal)
+        x = Transformer(**_tower_kwargs(cfg, "text"), causal=True, name="transformer")(x)
         x = LayerNorm(cfg.layer_norm_eps, pdtype, name="ln_final")(x)
         proj = self.param("text_projection", nn.initializers.normal(cfg.text_width**-0.5),
                           (cfg.text_width, cfg.embed_dim), pdtype)

@@ -7,7 +7,8 @@ Three sources, detected from the path:
 - a folder written by `tvr-jax convert-weights` (`tvr_clip.json` + an orbax `params/` checkpoint).
 
 Each source is mapped to a flat {flax path: array} dict, checked key by key and shape by shape
-against the parameters the config implies, then nested (and stacked for `scan_layers`). Every
+against the parameters the config implies, then nested (and stacked on a layer axis when
+`CLIPConfig.stacked_layers`: `scan_layers` or `remat`). Every
 mismatch is an error that names the checkpoint key and both shapes: a wrong checkpoint is never
 half-loaded.
 """
@@ -23,13 +24,11 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from tvr_jax.models.clip import CLIP, CLIPConfig
+from tvr_jax.models.clip import CLIP, COMPUTE_SWITCHES, CLIPConfig
 
 Path = tuple[str, ...]
 CONVERTED_MANIFEST = "tvr_clip.json"
 CONVERTED_FORMAT = "tvr_jax.clip/1"
-# Fields that only change how the model computes; `load` may override these, not the architecture.
-COMPUTE_FIELDS = ("dtype", "param_dtype", "remat", "scan_layers")
 
 
 class CheckpointError(ValueError):
@@ -37,7 +36,7 @@ class CheckpointError(ValueError):
 
 
 # ----------------------------------------------------------------------------------------------
-# Layout helpers: per-layer `resblocks_{i}` <-> stacked `resblocks` (nn.scan).
+# Layout helpers: per-layer `resblocks_{i}` <-> stacked `resblocks` (`CLIPConfig.stacked_layers`).
 # ----------------------------------------------------------------------------------------------
 _LAYER = re.compile(r"resblocks_(\d+)$")
 
@@ -78,9 +77,20 @@ def expected_shapes(config: CLIPConfig) -> dict[Path, tuple[int, ...]]:
 # ----------------------------------------------------------------------------------------------
 # Key maps. Each yields (flax path, checkpoint key, transform) for one layout.
 # ----------------------------------------------------------------------------------------------
-_T = lambda w: np.ascontiguousarray(w.T)
-_ID = lambda w: w
-_CONV = lambda w: np.ascontiguousarray(w.transpose(2, 3, 1, 0))  # torch (O, I, kh, kw) -> flax (kh, kw, I, O)
+def _transpose(w: np.ndarray) -> np.ndarray:
+    """torch Linear weight (out, in) -> flax Dense kernel (in, out)."""
+    return np.ascontiguousarray(w.T)
+
+
+def _as_is(w: np.ndarray) -> np.ndarray:
+    return w
+
+
+def _conv_torch_to_flax(w: np.ndarray) -> np.ndarray:
+    """torch conv weight (out, in, kh, kw) -> flax kernel (kh, kw, in, out)."""
+    return np.ascontiguousarray(w.transpose(2, 3, 1, 0))
+
+
 Entry = tuple[Path, str, Callable[[np.ndarray], np.ndarray]]
 
 
@@ -89,7 +99,7 @@ def _qkv_part(i: int, weight: bool) -> Callable[[np.ndarray], np.ndarray]:
 
     def take(w):
         part = np.split(w, 3, axis=0)[i]
-        return _T(part) if weight else part
+        return _transpose(part) if weight else part
 
     return take
 
@@ -97,8 +107,8 @@ def _qkv_part(i: int, weight: bool) -> Callable[[np.ndarray], np.ndarray]:
 def _block_entries(ours: Path, theirs: str, openai: bool) -> Iterable[Entry]:
     ln = ("ln_1", "ln_2") if openai else ("layer_norm1", "layer_norm2")
     for our_ln, their_ln in zip(("ln_1", "ln_2"), ln):
-        yield ours + (our_ln, "scale"), f"{theirs}.{their_ln}.weight", _ID
-        yield ours + (our_ln, "bias"), f"{theirs}.{their_ln}.bias", _ID
+        yield ours + (our_ln, "scale"), f"{theirs}.{their_ln}.weight", _as_is
+        yield ours + (our_ln, "bias"), f"{theirs}.{their_ln}.bias", _as_is
     attn = "attn" if openai else "self_attn"
     if openai:
         for i, name in enumerate(("q_proj", "k_proj", "v_proj")):
@@ -106,29 +116,29 @@ def _block_entries(ours: Path, theirs: str, openai: bool) -> Iterable[Entry]:
             yield ours + ("attn", name, "bias"), f"{theirs}.attn.in_proj_bias", _qkv_part(i, False)
     names = ("out_proj",) if openai else ("q_proj", "k_proj", "v_proj", "out_proj")
     for name in names:
-        yield ours + ("attn", name, "kernel"), f"{theirs}.{attn}.{name}.weight", _T
-        yield ours + ("attn", name, "bias"), f"{theirs}.{attn}.{name}.bias", _ID
+        yield ours + ("attn", name, "kernel"), f"{theirs}.{attn}.{name}.weight", _transpose
+        yield ours + ("attn", name, "bias"), f"{theirs}.{attn}.{name}.bias", _as_is
     mlp = ("c_fc", "c_proj") if openai else ("fc1", "fc2")
     for our_fc, their_fc in zip(("c_fc", "c_proj"), mlp):
-        yield ours + (our_fc, "kernel"), f"{theirs}.mlp.{their_fc}.weight", _T
-        yield ours + (our_fc, "bias"), f"{theirs}.mlp.{their_fc}.bias", _ID
+        yield ours + (our_fc, "kernel"), f"{theirs}.mlp.{their_fc}.weight", _transpose
+        yield ours + (our_fc, "bias"), f"{theirs}.mlp.{their_fc}.bias", _as_is
 
 
 def _ln(ours: Path, theirs: str) -> list[Entry]:
-    return [(ours + ("scale",), f"{theirs}.weight", _ID), (ours + ("bias",), f"{theirs}.bias", _ID)]
+    return [(ours + ("scale",), f"{theirs}.weight", _as_is), (ours + ("bias",), f"{theirs}.bias", _as_is)]
 
 
 def hf_entries(config: CLIPConfig) -> list[Entry]:
     """Hugging Face `CLIPModel` state-dict keys."""
     e: list[Entry] = [
-        (("logit_scale",), "logit_scale", _ID),
-        (("text", "token_embedding", "embedding"), "text_model.embeddings.token_embedding.weight", _ID),
-        (("text", "positional_embedding"), "text_model.embeddings.position_embedding.weight", _ID),
-        (("text", "text_projection"), "text_projection.weight", _T),
-        (("visual", "class_embedding"), "vision_model.embeddings.class_embedding", _ID),
-        (("visual", "conv1", "kernel"), "vision_model.embeddings.patch_embedding.weight", _CONV),
-        (("visual", "positional_embedding"), "vision_model.embeddings.position_embedding.weight", _ID),
-        (("visual", "proj"), "visual_projection.weight", _T),
+        (("logit_scale",), "logit_scale", _as_is),
+        (("text", "token_embedding", "embedding"), "text_model.embeddings.token_embedding.weight", _as_is),
+        (("text", "positional_embedding"), "text_model.embeddings.position_embedding.weight", _as_is),
+        (("text", "text_projection"), "text_projection.weight", _transpose),
+        (("visual", "class_embedding"), "vision_model.embeddings.class_embedding", _as_is),
+        (("visual", "conv1", "kernel"), "vision_model.embeddings.patch_embedding.weight", _conv_torch_to_flax),
+        (("visual", "positional_embedding"), "vision_model.embeddings.position_embedding.weight", _as_is),
+        (("visual", "proj"), "visual_projection.weight", _transpose),
         *_ln(("text", "ln_final"), "text_model.final_layer_norm"),
         *_ln(("visual", "ln_pre"), "vision_model.pre_layrnorm"),
         *_ln(("visual", "ln_post"), "vision_model.post_layernorm"),
@@ -142,14 +152,14 @@ def hf_entries(config: CLIPConfig) -> list[Entry]:
 def openai_entries(config: CLIPConfig) -> list[Entry]:
     """OpenAI CLIP (`clip.model.CLIP`) state-dict keys."""
     e: list[Entry] = [
-        (("logit_scale",), "logit_scale", _ID),
-        (("text", "token_embedding", "embedding"), "token_embedding.weight", _ID),
-        (("text", "positional_embedding"), "positional_embedding", _ID),
-        (("text", "text_projection"), "text_projection", _ID),
-        (("visual", "class_embedding"), "visual.class_embedding", _ID),
-        (("visual", "conv1", "kernel"), "visual.conv1.weight", _CONV),
-        (("visual", "positional_embedding"), "visual.positional_embedding", _ID),
-        (("visual", "proj"), "visual.proj", _ID),
+        (("logit_scale",), "logit_scale", _as_is),
+        (("text", "token_embedding", "embedding"), "token_embedding.weight", _as_is),
+        (("text", "positional_embedding"), "positional_embedding", _as_is),
+        (("text", "text_projection"), "text_projection", _as_is),
+        (("visual", "class_embedding"), "visual.class_embedding", _as_is),
+        (("visual", "conv1", "kernel"), "visual.conv1.weight", _conv_torch_to_flax),
+        (("visual", "positional_embedding"), "visual.positional_embedding", _as_is),
+        (("visual", "proj"), "visual.proj", _as_is),
         *_ln(("text", "ln_final"), "ln_final"),
         *_ln(("visual", "ln_pre"), "visual.ln_pre"),
         *_ln(("visual", "ln_post"), "visual.ln_post"),
@@ -350,13 +360,14 @@ def read_checkpoint(path: str) -> tuple[CLIPConfig, dict]:
 
 
 def load(path: str, **compute: Any) -> tuple[CLIP, dict]:
-    """`model, params = load(path, dtype=..., remat=..., scan_layers=...)` from a local checkpoint."""
-    bad = sorted(set(compute) - set(COMPUTE_FIELDS))
-    if bad:
-        raise ValueError(f"load() can only override the compute fields {COMPUTE_FIELDS}, not {bad}")
+    """`model, params = load(path, dtype=..., remat=..., scan_layers=...)` from a local checkpoint,
+    its parameters in the layout the compute fields imply (`CLIPConfig.stacked_layers`)."""
+    bad = sorted(set(compute) - set(COMPUTE_SWITCHES))
+    if bad:  # the checkpoint fixes the architecture
+        raise ValueError(f"load() can only override the compute fields {COMPUTE_SWITCHES}, not {bad}")
     config, params = read_checkpoint(path)
     config = config.replace(**compute)
-    if config.scan_layers:
+    if config.stacked_layers:
         params = stack_layers(params)
     dtype = np.dtype(config.param_dtype) if config.param_dtype != "bfloat16" else jax.numpy.bfloat16
     params = jax.tree.map(lambda x: jax.numpy.asarray(x, dtype=dtype), params)

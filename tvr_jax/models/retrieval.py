@@ -133,7 +133,7 @@ class RetrievalModel(nn.Module):
             self.temporal_transformer = Transformer(
                 width=dim, layers=cfg.temporal_layers, heads=ccfg.text_heads, mlp_dim=ccfg.text_mlp_dim,
                 activation=ccfg.activation, eps=ccfg.layer_norm_eps, dtype=jnp.dtype(ccfg.dtype),
-                remat=ccfg.remat, scan_layers=ccfg.scan_layers)
+                remat=ccfg.remat, remat_policy=ccfg.remat_policy, scan_layers=ccfg.scan_layers)
         if cfg.patch_tokens:
             self.patch_selector = PatchTokenSelector(cfg.patch_tokens)
         if cfg.uses_wti_heads:
@@ -236,9 +236,13 @@ def param_labels(params: dict) -> dict:
 def init_from_clip(config: RetrievalConfig, params: dict, clip_params: dict) -> dict:
     """Copy CLIP weights into `params`; with seqTransf, also initialise the temporal module from
     CLIP's text transformer (first `temporal_layers` blocks) and text positions, as CLIP4Clip does.
+
+    `clip_params` may be in either layout (per-layer, as checkpoints store them, or stacked): they
+    and the temporal module get the layout of `config.clip` (`CLIPConfig.stacked_layers`).
     """
+    to_layout = stack_layers if config.clip.stacked_layers else unstack_layers
     params = dict(params)
-    params["clip"] = clip_params
+    params["clip"] = clip_params = to_layout(clip_params)
     if config.temporal == "seqTransf":
         text_blocks = clip_params["text"]["transformer"]
         per_layer = unstack_layers(text_blocks) if "resblocks" in text_blocks else dict(text_blocks)
@@ -246,7 +250,7 @@ def init_from_clip(config: RetrievalConfig, params: dict, clip_params: dict) -> 
             raise ValueError(f"temporal_layers={config.temporal_layers} but CLIP's text transformer has "
                              f"only {len(per_layer)} blocks to initialise them from")
         chosen = {f"resblocks_{i}": per_layer[f"resblocks_{i}"] for i in range(config.temporal_layers)}
-        params["temporal_transformer"] = stack_layers(chosen) if config.clip.scan_layers else chosen
+        params["temporal_transformer"] = to_layout(chosen)
         pos = clip_params["text"]["positional_embedding"][: config.max_frames]
         params["frame_position_embeddings"] = jnp.asarray(pos)
         params = jax.tree.map(jnp.asarray, params)
