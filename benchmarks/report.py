@@ -45,6 +45,8 @@ SECTIONS = [
      "synthetic_confusions.md", "tvr-jax demo --workdir /tmp/demo1 && python -m benchmarks.synthetic_confusions /tmp/demo1"),
     ("ablation_synthetic.json", "The miniature ablation on the synthetic set", "ablation_synthetic.md",
      "tvr-jax ablate ... && python -m benchmarks.ablation_synthetic ABLATION_DIR  # see REPRODUCING.md"),
+    ("ablation_synthetic_500steps.json", "The miniature ablation at 500 steps, five rows", "ablation_synthetic_500steps.md",
+     "tvr-jax ablate ... --config.total_steps=500  # see REPRODUCING.md"),
     ("ablation_synthetic_200steps.json", "The miniature ablation at 200 steps, every row", "ablation_synthetic_200steps.md",
      "tvr-jax ablate ... --variants all && python -m benchmarks.ablation_synthetic ABLATION_DIR"),
     ("eval_step.json", "Evaluation: ours against a PyTorch peer", "eval_step.md"),
