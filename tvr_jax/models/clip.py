@@ -36,11 +36,9 @@ _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.floa
 # dots_with_no_batch_dims_saveable: also the Dense outputs (not the attention products);
 # dots_saveable: every matrix product, attention included.
 REMAT_POLICIES = ("nothing_saveable", "dots_with_no_batch_dims_saveable", "dots_saveable")
-# CLIPConfig fields that change how the model computes, not what its parameters mean: a
-# checkpoint fixes the rest, these may be chosen when loading it.
-COMPUTE_SWITCHES = ("dtype", "param_dtype", "remat", "remat_policy", "scan_layers")
 # The CLIPConfig fields that change speed and memory, not the parameters' meaning: a run config
-# sets them (`model.*`) whatever the architecture's source (preset or checkpoint).
+# sets them (`model.*`) whatever the architecture's source (preset or checkpoint); a checkpoint
+# fixes the rest. Parameters stay float32 (`param_dtype`): the optimizer keeps master weights.
 COMPUTE_SWITCHES = ("dtype", "remat", "remat_policy", "scan_layers")
 
 
