@@ -4,8 +4,9 @@
     tvr-jax train --config configs/synthetic.py --workdir runs/synthetic --config.data_dir=data/
     tvr-jax eval  --config configs/synthetic.py --workdir runs/synthetic --config.data_dir=data/
 (`tvr-jax demo` does all three.) `get_config("meanP")` swaps the temporal module.
-The set is described in docs/synthetic.md; `tvr-jax ablate` uses this config with fewer steps
-(REPRODUCING.md). Captions are up to 29 tokens long (start and end tokens included), hence 32 words.
+The set is described in docs/synthetic.md; `configs/synthetic_ablation.py` is this config at
+the ablation's budget (REPRODUCING.md). Captions are up to 29 tokens long (start and end tokens
+included), hence 32 words.
 """
 
 from configs.base import base_config

@@ -15,6 +15,8 @@ import os
 import statistics
 from typing import Sequence
 
+import jax
+
 from tvr_jax import evaluate, train
 from tvr_jax.config_io import apply_override, save_config
 
@@ -89,6 +91,7 @@ def run_ablation(cfg, workdir: str, variants: Sequence[str], seeds: Sequence[int
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise ValueError(f"unknown variants {unknown}; known: {list(VARIANTS)}")
+    share_compilations(workdir)
     results: dict[str, dict[int, dict]] = {}
     for name in variants:
         for seed in seeds:
@@ -112,6 +115,14 @@ def run_ablation(cfg, workdir: str, variants: Sequence[str], seeds: Sequence[int
             f.write(text)
         os.replace(tmp, os.path.join(workdir, filename))
     return results
+
+
+def share_compilations(workdir: str) -> None:
+    """The seeds of one variant compile the same programs (the seed changes only values): a
+    persistent compilation cache in WORKDIR/compilation_cache compiles each program once, for this
+    run and for reruns. A cache already chosen (JAX_COMPILATION_CACHE_DIR) is kept."""
+    if not jax.config.jax_compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "compilation_cache"))
 
 
 def ablation_rows(results: dict[str, dict[int, dict]]) -> tuple[list[str], list[list]]:
