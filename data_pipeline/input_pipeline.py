@@ -9,7 +9,7 @@ Batch schema (numpy; B = global_batch_size / process_count rows on each host):
 
 | key | dtype, shape | content |
 |---|---|---|
-| video | float32 (B, T, H, W, 3) | RGB frames, CLIP-normalised: (x / 255 - mean) / std, mean (0.48145466, 0.4578275, 0.40821073), std (0.26862954, 0.26130258, 0.27577711) |
+| video | uint8 (B, T, H, W, 3) | RGB frames, 0-255; the model normalises them on the device (CLIP's mean and std, `tvr_jax.models.clip.normalize_pixels`). `pixels="float32"`: CLIP-normalised on the host instead, (x / 255 - mean) / std |
 | video_mask | bool (B, T) | True on real frames; a video with fewer than T frames fills the rest with its last frame, False here |
 | text_ids | int32 (B, L) | CLIP ids: 49406 (start), BPE ids, 49407 (end), 0 padding; longer captions keep their first L - 2 tokens and the end token |
 | text_mask | bool (B, L) | text_ids != 0 |
@@ -28,6 +28,12 @@ uniform, in training as in evaluation (the paper's sampling), unless training as
 frame's short side, centred (evaluation, and training by default) or, with `random_crop`, of
 80-100 % of it at a random place; then resized to H x W. `random_flip` flips a whole clip
 left-right: wrong for any caption that names left or right.
+
+Pixels leave the host as uint8, a quarter of the bytes of float32 to batch, copy and send to an
+accelerator; normalising is one multiply-add on the device. Where no resizing happens (frames
+stored at the model's size, centre crop: what `prepare` writes for the configs' sizes) the
+normalised values are those of the float32 path; a resized frame is rounded to whole grey
+levels first (at most half a level, 0.0076 after normalising, from the float32 path).
 
 Order and randomness are pure functions of (seed, epoch, row position): training visits a
 seeded permutation of the split every epoch (dropping the last partial global batch), with a
@@ -53,8 +59,11 @@ import numpy as np
 
 from data_pipeline.video import FRAME_SAMPLINGS, sample_frame_indices
 
+# CLIP's pixel statistics, for `pixels="float32"` (host normalisation); the device path uses the
+# same numbers from tvr_jax.models.clip (this package does not import the model).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+PIXELS = ("uint8", "float32")
 START_TOKEN, END_TOKEN = 49406, 49407
 DEFAULT_FRAMES = {"sentence": 12, "paragraph": 64}
 DEFAULT_WORDS = {"sentence": 32, "paragraph": 64}
@@ -79,6 +88,7 @@ class InputConfig:
     process_count: int | None = None     # None: jax.process_count()
     prefetch_batches: int = 2
     num_parallel_calls: int | None = None  # None: tf.data.AUTOTUNE
+    pixels: str = "uint8"                # "uint8": raw RGB, normalised on the device; "float32": CLIP-normalised here
 
 
 class VideoTextInput:
@@ -188,6 +198,8 @@ class VideoTextInput:
             raise ValueError(f"caption_sampling must be 'random' or 'all', got {c.caption_sampling!r}")
         if c.frame_sampling not in FRAME_SAMPLINGS:
             raise ValueError(f"frame_sampling must be one of {FRAME_SAMPLINGS}, got {c.frame_sampling!r}")
+        if c.pixels not in PIXELS:
+            raise ValueError(f"pixels must be one of {PIXELS}, got {c.pixels!r}")
         if c.eval_rows not in ("pairs", "videos", "captions"):
             raise ValueError(f"eval_rows must be 'pairs', 'videos' or 'captions', got {c.eval_rows!r}")
         if c.global_batch_size < 1 or c.num_frames < 1 or c.max_words < 2 or c.image_size < 1:
@@ -302,7 +314,7 @@ class VideoTextInput:
             out = {"video_index": video, "caption_index": caption, "valid": valid}
             if self.with_video:
                 jpegs.set_shape((T,))
-                out["video"] = _decode_clip(jpegs, crop, flip, H, mean, std)
+                out["video"] = _decode_clip(jpegs, crop, flip, H, mean, std, c.pixels)
                 out["video_mask"] = frame_mask
             if self.with_text:
                 ids.set_shape((L,))
@@ -326,8 +338,9 @@ def _close_open_pipelines() -> None:
         pipeline.close()
 
 
-def _decode_clip(jpegs, crop, flip, size, mean, std):
-    """Decode only the crop window of each JPEG (same window for every frame), resize, normalise."""
+def _decode_clip(jpegs, crop, flip, size, mean, std, pixels):
+    """Decode only the crop window of each JPEG (same window for every frame), resize, flip; uint8,
+    or normalised float32 (`pixels`)."""
     import tensorflow as tf
 
     shape = tf.io.extract_jpeg_shape(jpegs[0])
@@ -341,10 +354,13 @@ def _decode_clip(jpegs, crop, flip, size, mean, std):
         jpegs, fn_output_signature=tf.TensorSpec((None, None, 3), tf.uint8),
     )
     # Frames stored at the model's size (short side == H, no random crop) need no resampling.
-    frames = tf.cond(
-        tf.equal(side, size),
-        lambda: tf.cast(frames, tf.float32),
-        lambda: tf.image.resize(frames, (size, size), method="bilinear", antialias=True),
-    )
+    def resize():
+        resized = tf.image.resize(frames, (size, size), method="bilinear", antialias=True)
+        return resized if pixels == "float32" else tf.saturate_cast(tf.round(resized), tf.uint8)
+
+    as_is = lambda: tf.cast(frames, tf.float32) if pixels == "float32" else frames
+    frames = tf.cond(tf.equal(side, size), as_is, resize)
     frames = tf.cond(flip, lambda: tf.reverse(frames, axis=[2]), lambda: frames)
+    if pixels == "uint8":
+        return frames
     return frames * (1.0 / std) - mean / std  # (x - mean) / std in one multiply-add pass

@@ -5,6 +5,7 @@ import pytest
 
 from data_pipeline import prepare as prep
 from data_pipeline.input_pipeline import CLIP_MEAN, CLIP_STD, InputConfig, VideoTextInput
+from tvr_jax.models.clip import normalize_pixels
 from test_data_fixtures import level_to_second, write_msrvtt_set
 
 TRAIN = {f"video{i}": (s, [f"caption {j} of clip {i}" for j in range(n)]) for i, (s, n) in enumerate([(3, 3), (5, 1), (8, 2), (12, 1), (2, 3), (6, 1), (9, 2), (4, 1)])}
@@ -27,7 +28,7 @@ def _pipe(dataset, **overrides):
 
 def test_training_batch_schema(dataset):
     batch = next(_pipe(dataset))
-    expected = {"video": (np.float32, (4, 4, 16, 16, 3)), "video_mask": (np.bool_, (4, 4)), "text_ids": (np.int32, (4, 8)),
+    expected = {"video": (np.uint8, (4, 4, 16, 16, 3)), "video_mask": (np.bool_, (4, 4)), "text_ids": (np.int32, (4, 8)),
                 "text_mask": (np.bool_, (4, 8)), "word_weights": (np.float32, (4, 8)), "video_index": (np.int32, (4,)),
                 "caption_index": (np.int32, (4,)), "valid": (np.bool_, (4,))}
     assert {k: (v.dtype.type, v.shape) for k, v in batch.items()} == expected
@@ -39,7 +40,7 @@ def test_training_batch_schema(dataset):
     assert ((batch["word_weights"] > 0) == (batch["text_mask"] & (batch["text_ids"] < 49406))).all()
 
 
-def test_evaluation_is_uniform_ordered_padded_and_normalised(dataset):
+def test_evaluation_is_uniform_ordered_and_padded(dataset):
     pipe = _pipe(dataset, split="test", training=False)
     batches = list(pipe)
     assert len(batches) == len(pipe) == 2  # 5 videos, global batch 4: the last batch is padded, not dropped
@@ -47,16 +48,45 @@ def test_evaluation_is_uniform_ordered_padded_and_normalised(dataset):
     np.testing.assert_array_equal(np.concatenate([b["valid"] for b in batches]), [True] * 5 + [False] * 3)
     np.testing.assert_array_equal(np.concatenate([b["caption_index"] for b in batches]), [0, 1, 2, 3, 4, 4, 4, 4])
     video, mask = batches[0]["video"], batches[0]["video_mask"]
-    seconds = level_to_second((video * np.array(CLIP_STD) + np.array(CLIP_MEAN)).mean(axis=(2, 3, 4)) * 255)
+    seconds = level_to_second(video.mean(axis=(2, 3, 4)))
     np.testing.assert_array_equal(seconds[0], [0, 4, 7, 11])        # 12 frames -> linspace(0, 11, 4)
     np.testing.assert_array_equal(seconds[1], [0, 1, 2, 2])         # 3 frames: all of them, last repeated ...
     np.testing.assert_array_equal(mask[1], [True, True, True, False])  # ... and masked
     np.testing.assert_array_equal(seconds[3], [0, 0, 0, 0])
     np.testing.assert_array_equal(mask[3], [True, False, False, False])
-    # CLIP normalisation: a gray level g gives (g / 255 - mean_c) / std_c in channel c.
-    g = 10 + 20 * 4
-    np.testing.assert_allclose(video[0, 1].mean(axis=(0, 1)), (g / 255 - np.array(CLIP_MEAN)) / np.array(CLIP_STD), atol=0.05)
     assert list(pipe) == []  # one pass
+
+
+@pytest.mark.parametrize("image_size, resized", [(48, False), (16, True)])  # frames are stored at 48 x 64
+@pytest.mark.parametrize("training", [False, True])
+def test_uint8_pixels_normalised_on_the_device_equal_the_host_normalised_batch(dataset, image_size, resized, training):
+    """The default batch is uint8, normalised by the model on the device; `pixels="float32"`
+    normalises on the host. Same rows, same crops and flips: without resizing the normalised
+    values agree to float32 rounding, with resizing to the half grey level uint8 rounds away."""
+    kw = dict(image_size=image_size, training=training, split="train" if training else "test")
+    if training:
+        kw.update(random_crop=True, random_flip=True, seed=5)
+    as_uint8, as_float = next(_pipe(dataset, **kw)), next(_pipe(dataset, pixels="float32", **kw))
+    assert as_uint8["video"].dtype == np.uint8 and as_float["video"].dtype == np.float32
+    for key in as_float:
+        if key != "video":
+            np.testing.assert_array_equal(as_uint8[key], as_float[key])
+    on_device = np.asarray(normalize_pixels(as_uint8["video"]))
+    # Reference from the equation: (x / 255 - mean) / std per channel.
+    np.testing.assert_allclose(on_device, (as_uint8["video"] / 255.0 - np.array(CLIP_MEAN)) / np.array(CLIP_STD), atol=2e-6)
+    half_level = 0.5 / 255 / min(CLIP_STD)
+    gap = np.abs(on_device - as_float["video"]).max()
+    if resized and not training:  # the training crops vary in size, so some rows resize either way
+        assert 0 < gap <= half_level + 1e-5
+    elif not resized and not training:
+        assert gap <= 2e-6
+    else:
+        assert gap <= half_level + 1e-5
+
+
+def test_pixels_must_be_known(dataset):
+    with pytest.raises(ValueError, match="pixels must be one of"):
+        _pipe(dataset, pixels="float16")
 
 
 @pytest.mark.parametrize("frame_sampling", ["uniform", "random_segment"])
@@ -68,7 +98,7 @@ def test_training_frames_and_a_random_caption_per_epoch(dataset, frame_sampling)
     captions_of_video0, frames_ok, draws = set(), True, {}
     for _ in range(12):  # 6 epochs
         batch = next(pipe)
-        seconds = level_to_second((batch["video"] * np.array(CLIP_STD) + np.array(CLIP_MEAN)).mean(axis=(2, 3, 4)) * 255)
+        seconds = level_to_second(batch["video"].mean(axis=(2, 3, 4)))
         for row in range(4):
             v = int(batch["video_index"][row])
             n = TRAIN[f"video{v}"][0]
@@ -152,7 +182,8 @@ def test_long_captions_keep_the_end_token(dataset):
     np.testing.assert_array_equal(batch["word_weights"][0], [0, 1, 2, 0])
 
 
-def test_decode_clip_crops_the_same_window_in_every_frame_and_flips():
+@pytest.mark.parametrize("pixels", ["uint8", "float32"])
+def test_decode_clip_crops_the_same_window_in_every_frame_and_flips(pixels):
     import tensorflow as tf
 
     from data_pipeline.input_pipeline import _decode_clip
@@ -161,14 +192,17 @@ def test_decode_clip_crops_the_same_window_in_every_frame_and_flips():
     # 40 x 80 frames: a left-to-right ramp, so crop position and flips are visible.
     ramp = np.broadcast_to(np.linspace(0, 255, 80).astype(np.uint8)[None, :, None], (40, 80, 3)).copy()
     jpegs = tf.constant([encode_jpeg(ramp, 100)] * 2)
-    unit = (tf.constant(0.0), tf.constant(255.0))
+    unit = (tf.constant(0.0), tf.constant(255.0))  # float32: "normalised" to x / 255
+
     def run(crop, flip):
-        return _decode_clip(jpegs, tf.constant(crop, tf.float32), tf.constant(flip), 8, *unit).numpy()
+        out = _decode_clip(jpegs, tf.constant(crop, tf.float32), tf.constant(flip), 8, *unit, pixels).numpy()
+        assert out.dtype == pixels
+        return out / 255.0 if pixels == "uint8" else out
     centre, left, right = run([0.5, 0.5, 1.0], False), run([0.5, 0.0, 1.0], False), run([0.5, 1.0, 1.0], False)
     assert centre.shape == (2, 8, 8, 3) and np.allclose(centre[0], centre[1])
     assert left[0, :, 0].mean() < 0.1 and right[0, :, -1].mean() > 0.9  # the window slides along the long side
     assert 0.2 < centre[0].mean() < 0.8
-    np.testing.assert_allclose(run([0.5, 0.5, 1.0], True), centre[:, :, ::-1], atol=1e-5)
+    np.testing.assert_allclose(run([0.5, 0.5, 1.0], True), centre[:, :, ::-1], atol=1e-5)  # uint8: exact too
     small = run([0.5, 0.5, 0.5], False)  # half the short side: a 20 px window around the centre
     assert small[0, :, -1].mean() - small[0, :, 0].mean() < centre[0, :, -1].mean() - centre[0, :, 0].mean()
 

@@ -55,6 +55,23 @@ def test_text_features_and_masks():
     np.testing.assert_allclose(out["words"], norm(np.asarray(tokens)), rtol=1e-5, atol=1e-6)
 
 
+def test_uint8_frames_are_normalised_on_the_device():
+    """uint8 RGB frames (the input pipeline's) give the features of frames normalised with CLIP's
+    mean and std beforehand (a numpy reference); other integer frames are refused."""
+    from tvr_jax.models.clip import CLIP_MEAN, CLIP_STD
+
+    batch = _batch()
+    model, params = _init(_cfg(temporal="seqTransf", tpm=False), batch)
+    pixels = np.random.default_rng(1).integers(0, 256, batch[0].shape, dtype=np.uint8)
+    normalised = ((pixels / 255.0 - np.array(CLIP_MEAN)) / np.array(CLIP_STD)).astype(np.float32)
+    encode = lambda video: model.apply({"params": params}, video, batch[1], method=model.encode_video)
+    ours, reference = encode(jnp.asarray(pixels)), encode(jnp.asarray(normalised))
+    for key in ("visual", "frames"):
+        np.testing.assert_allclose(ours[key], reference[key], rtol=1e-5, atol=1e-5)
+    with pytest.raises(TypeError, match="uint8 RGB or normalised floats"):
+        encode(jnp.asarray(pixels, jnp.int32))
+
+
 def test_meanP_frames_are_normalised_clip_frame_embeddings():
     batch = _batch()
     model, params = _init(_cfg(temporal="meanP", tpm=False), batch)

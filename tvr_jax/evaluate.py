@@ -22,7 +22,6 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec as P
 
-from data_pipeline.input_pipeline import CLIP_MEAN, CLIP_STD
 from data_pipeline.prepare import dataset_dir
 from data_pipeline.tokenizer import default_tokenizer
 from tvr_jax import metrics as metrics_lib
@@ -330,8 +329,7 @@ def write_gallery(sim: np.ndarray, texts: dict, video_ids: list[str], videos_str
         for i in np.flatnonzero(np.asarray(batch["valid"], bool)):
             if row in wanted:
                 frames = np.asarray(batch["video"][i])[np.asarray(batch["video_mask"][i], bool)]
-                rgb = frames[len(frames) // 2] * np.asarray(CLIP_STD) + np.asarray(CLIP_MEAN)
-                Image.fromarray((np.clip(rgb, 0, 1) * 255).astype(np.uint8)).resize((112, 112)).save(
+                Image.fromarray(frames[len(frames) // 2]).resize((112, 112)).save(
                     os.path.join(thumbs, f"{row}.jpg"), quality=85)
             row += 1
     tok = default_tokenizer()

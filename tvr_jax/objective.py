@@ -125,6 +125,14 @@ def ring_similarity(text: dict, video: dict, interaction: str, cfg: LossConfig, 
     return jnp.transpose(blocks, (1, 0, 2)).reshape(blocks.shape[1], -1)
 
 
+def _psum_at_once(tree, axes):
+    """psum of a pytree of float32 scalars as one all-reduce (jax.lax.psum makes one per leaf, and
+    those do not depend on each other: see the ordering note in `sharded_total_loss`)."""
+    leaves, treedef = jax.tree.flatten(tree)
+    summed = jax.lax.psum(jnp.stack([jnp.asarray(x, jnp.float32) for x in leaves]), axes)
+    return jax.tree.unflatten(treedef, list(summed))
+
+
 def sharded_total_loss(features: dict, interaction: str, cfg: LossConfig, mesh: Mesh) -> tuple[jax.Array, dict]:
     """`total_loss` of the global batch, with the batch split over the mesh's batch axes.
 
@@ -140,21 +148,31 @@ def sharded_total_loss(features: dict, interaction: str, cfg: LossConfig, mesh: 
     per matched pair, so its local means are averaged (shards are equal-sized).
     """
     axes = sharding.batch_axes(mesh)
+    # A device runs its collectives one at a time, and two that do not depend on each other may
+    # start in a different order on different devices, each then waiting for the others (seen on
+    # XLA:CPU with 8 devices under load). `x, _ = then((x, y))` (an optimization barrier: its
+    # outputs exist only once all its inputs do) makes x wait for y, which gives every collective
+    # below one order: ids, the ring, the diagonal, the column normaliser, the sums, TPM-CL. Only x
+    # is kept: through the barrier, y would count as varying across devices for shard_map.
+    then = jax.lax.optimization_barrier
 
     def local(feats):
         shard = jax.lax.axis_index(axes)
         video = {k: feats[k] for k in VIDEO_KEYS if k in feats}
+        dmae_parts = {}
+        if "video_ids" in feats:
+            all_videos = jax.lax.all_gather(feats["video_ids"], axes, tiled=True)
+            local_pairs = jnp.sum(feats["video_ids"][:, None] == all_videos[None, :], dtype=jnp.float32)
+            same_video_pairs = jax.lax.psum(local_pairs, axes)
+            video, _ = then((video, same_video_pairs))
         sim = ring_similarity(feats, video, interaction, cfg, axes)  # (b, B): local texts x all videos
         b, total = sim.shape
         row_ids = shard * b + jnp.arange(b)
         col_ids = jnp.arange(total)
-        dmae_parts = {}
         if "video_ids" in feats:
-            all_videos = jax.lax.all_gather(feats["video_ids"], axes, tiled=True)
             sim = losses.exclude_same_video(sim, query_ids=row_ids, key_ids=col_ids, query_videos=feats["video_ids"],
                                             key_videos=all_videos)
-            local_pairs = jnp.sum(feats["video_ids"][:, None] == all_videos[None, :], dtype=jnp.float32)
-            dmae_parts["same_video_pairs"] = jax.lax.psum(local_pairs, axes) - total  # as count_same_video_pairs
+            dmae_parts["same_video_pairs"] = same_video_pairs - total  # as count_same_video_pairs
         diag_local = sim[jnp.arange(b), row_ids]
         diag = jax.lax.all_gather(diag_local, axes, tiled=True)
         scaled = sim / cfg.temperature
@@ -162,16 +180,21 @@ def sharded_total_loss(features: dict, interaction: str, cfg: LossConfig, mesh: 
         t2v = losses.negnce_block_sums(sim, query_ids=row_ids, key_ids=col_ids, query_diag=diag_local,
                                        key_diag=diag, query_log_norm=jax.nn.logsumexp(scaled, axis=1), **kw)
         # Column log-normaliser over all texts: the max only stabilises, so it carries no gradient.
-        col_max = jax.lax.pmax(jax.lax.stop_gradient(scaled.max(axis=0)), axes)
+        col_max, _ = then((scaled.max(axis=0), diag))
+        col_max = jax.lax.pmax(jax.lax.stop_gradient(col_max), axes)
         col_lse = col_max + jnp.log(jax.lax.psum(jnp.exp(scaled - col_max).sum(axis=0), axes))
         rest = jax.lax.psum(losses.negnce_query_rest(sim.T, query_log_norm=col_lse, temperature=cfg.temperature), axes)
         v2t = losses.negnce_block_sums(sim.T, query_ids=col_ids, key_ids=row_ids, query_diag=diag,
                                        key_diag=diag_local, query_log_norm=col_lse, query_rest=rest, **kw)
-        for name, sums in (("t2v", t2v), ("v2t", v2t)):
-            d = losses.negnce_from_sums(jax.lax.psum(sums, axes), total, **_lambdas(cfg))
+        sums = _psum_at_once((t2v, v2t), axes)
+        for name, summed in zip(("t2v", "v2t"), sums):
+            d = losses.negnce_from_sums(summed, total, **_lambdas(cfg))
             dmae_parts.update({f"{name}_{k}": v for k, v in d.items()})
         dmae_parts["dmae"] = 0.5 * (dmae_parts["t2v_loss"] + dmae_parts["v2t_loss"])
-        tpm_parts = jax.lax.pmean(_tpm_term(feats, cfg)[1], axes) if cfg.lambda_tpm > 0 else None
+        tpm_parts = None
+        if cfg.lambda_tpm > 0:
+            tpm_parts, _ = then((_tpm_term(feats, cfg)[1], dmae_parts))
+            tpm_parts = jax.tree.map(lambda x: x / jax.lax.axis_size(axes), _psum_at_once(tpm_parts, axes))
         return _combine(dmae_parts, tpm_parts, cfg)
 
     spec = jax.tree.map(lambda _: P(axes), features)

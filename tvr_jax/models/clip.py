@@ -9,6 +9,10 @@ The method needs every token, not only the pooled ones (docs/method.md section 1
 `encode_image` / `encode_text` the model has `image_tokens` (projected CLS + patch tokens per
 image) and `text_tokens` (projected token at every position).
 
+Images come in as uint8 RGB (what the input pipeline delivers: a quarter of float32's bytes to
+move) and are normalised on the device with CLIP's mean and std (`normalize_pixels`), or as
+floats already normalised (PyTorch CLIP's preprocessing output).
+
 Big-model switches: compute `dtype` (bfloat16) with float32 parameters, stacking the blocks with
 `nn.scan` (`scan_layers`: one compiled block instead of L, parameters stacked on a leading layer
 axis), and rematerialising each block in the backward pass (`remat`, which implies the stacked
@@ -25,6 +29,18 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+# OpenAI CLIP's preprocessing statistics (RGB, on pixel values scaled to [0, 1]).
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def normalize_pixels(images: jax.Array) -> jax.Array:
+    """uint8 RGB (..., 3) -> float32 (x / 255 - mean) / std, as one multiply-add per value (the
+    same float32 constants as the input pipeline's host normalisation)."""
+    mean, std = jnp.asarray(CLIP_MEAN, jnp.float32) * 255.0, jnp.asarray(CLIP_STD, jnp.float32) * 255.0
+    return images.astype(jnp.float32) * (1.0 / std) - mean / std
+
 
 _ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
@@ -285,7 +301,7 @@ class PatchEmbedding(nn.Module):
 
 
 class VisionTransformer(nn.Module):
-    """CLIP image tower: images (N, H, W, 3), normalised -> projected tokens (N, 1 + P, D)."""
+    """CLIP image tower: images (N, H, W, 3), uint8 RGB or normalised floats -> projected tokens (N, 1 + P, D)."""
 
     config: CLIPConfig
 
@@ -298,6 +314,10 @@ class VisionTransformer(nn.Module):
                 f"images must be (..., {cfg.image_size}, {cfg.image_size}, 3) NHWC for this model, "
                 f"got shape {images.shape}"
             )
+        if images.dtype == jnp.uint8:
+            images = normalize_pixels(images)
+        elif not jnp.issubdtype(images.dtype, jnp.floating):
+            raise TypeError(f"images must be uint8 RGB or normalised floats, got dtype {images.dtype}")
         width = cfg.vision_width
         x = PatchEmbedding(width, cfg.patch_size, dtype, pdtype, name="conv1")(images.astype(dtype))
         init = nn.initializers.normal(width**-0.5)
