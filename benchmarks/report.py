@@ -174,6 +174,8 @@ def machine_line(meta: dict) -> str:
     """Machine (accelerator if any, else CPU), cores, jax, date, command: only what the meta recorded."""
     backend = meta.get("backend")
     cpu = meta.get("cpu") or meta.get("machine", "unknown machine")
+    if meta.get("cpu_detail"):
+        cpu += f" ({meta['cpu_detail']})"
     machine = f"{meta.get('device_kind')} ({backend}; host {cpu})" if backend not in (None, "cpu") else cpu
     parts = [f"Machine: {machine}"]
     if meta.get("cpus"):

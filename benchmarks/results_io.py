@@ -34,6 +34,37 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# Virtual machines often name only "AMD EPYC": the family and model numbers say which generation,
+# and a ratio between libraries can flip between generations (README, Performance).
+_CPU_GENERATIONS = {("AuthenticAMD", 26): "Zen 5",
+                    ("GenuineIntel", 6, 143): "Sapphire Rapids", ("GenuineIntel", 6, 207): "Emerald Rapids"}
+_ISA_FLAGS = ("avx512f", "avx512_bf16", "amx_bf16")
+
+
+def cpu_detail(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """Vendor family and model numbers, the generation when known, and the vector ISA that decides
+    float32 and bfloat16 speed, from /proc/cpuinfo: e.g. "family 26 model 2 (Zen 5); avx512f avx512_bf16"."""
+    fields: dict[str, str] = {}
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                if not line.strip():
+                    break  # the first processor is enough
+                key, _, value = line.partition(":")
+                fields[key.strip()] = value.strip()
+    except OSError:
+        return ""
+    if "cpu family" not in fields:
+        return ""
+    vendor, family, model = fields.get("vendor_id", ""), int(fields["cpu family"]), int(fields.get("model", "-1"))
+    generation = _CPU_GENERATIONS.get((vendor, family, model)) or _CPU_GENERATIONS.get((vendor, family))
+    if (vendor, family) == ("AuthenticAMD", 25):  # family 19h: Zen 4 at models 10h-1Fh and 60h-AFh, else Zen 3
+        generation = "Zen 4" if 0x10 <= model <= 0x1F or 0x60 <= model <= 0xAF else "Zen 3"
+    flags = set(fields.get("flags", "").split())
+    isa = " ".join(f for f in _ISA_FLAGS if f in flags) or "no avx512"
+    return f"family {family} model {model}" + (f" ({generation})" if generation else "") + f"; {isa}"
+
+
 def command_line(shown=str) -> str:
     """How this process was started, as typed from the repository root: `python -m benchmarks.NAME ARGS`.
 
@@ -46,7 +77,7 @@ def command_line(shown=str) -> str:
 def machine_meta() -> dict:
     import jax
 
-    return {"cpu": cpu_model(), "cpus": os.cpu_count(), "jax": jax.__version__, "backend": jax.default_backend(),
+    return {"cpu": cpu_model(), "cpu_detail": cpu_detail(), "cpus": os.cpu_count(), "jax": jax.__version__, "backend": jax.default_backend(),
             "device_kind": jax.devices()[0].device_kind, "date": time.strftime("%Y-%m-%d"),
             "command": command_line()}
 

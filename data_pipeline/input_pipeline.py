@@ -184,7 +184,7 @@ class VideoTextInput:
         return {"epoch": self._epoch, "batch": self._batch, "fingerprint": self._fingerprint()}
 
     def restore(self, state: dict[str, Any]) -> None:
-        if state.get("fingerprint") != self._fingerprint():
+        if not _same_order(state.get("fingerprint"), self._fingerprint()):
             raise ValueError(f"iterator state was saved by a different input configuration:\n saved   {state.get('fingerprint')}\n current {self._fingerprint()}")
         if not 0 <= state["batch"] < max(self.batches_per_epoch, 1) + (0 if self.config.training else 1):
             raise ValueError(f"iterator state batch {state['batch']} outside 0..{self.batches_per_epoch - 1}")
@@ -217,10 +217,12 @@ class VideoTextInput:
         return np.stack([video_of_caption, np.arange(self.captions_total)], 1)
 
     def _fingerprint(self) -> str:
+        """What fixes the order of global batches. Not the hosts: a position counts global
+        batches, so a state restores on any number of hosts (each then reads its own rows)."""
         c = self.config
         return json.dumps({
             "dataset": self.metadata.get("dataset"), "split": c.split, "training": c.training, "seed": c.seed,
-            "global_batch_size": c.global_batch_size, "process_index": self.process_index, "process_count": self.process_count,
+            "global_batch_size": c.global_batch_size,
             "rows": len(self._rows), "caption_sampling": c.caption_sampling if c.training else c.eval_rows,
             "frame_sampling": c.frame_sampling if c.training else "uniform",
         }, sort_keys=True)
@@ -325,6 +327,14 @@ class VideoTextInput:
         ds = rows.map(load, num_parallel_calls=parallel, deterministic=True)
         ds = ds.batch(self.host_batch_size, drop_remainder=True)
         return ds.prefetch(c.prefetch_batches)
+
+
+def _same_order(saved: str | None, current: str) -> bool:
+    """Fingerprints equal, ignoring the host fields that states saved by earlier versions carry."""
+    if saved is None:
+        return False
+    strip = lambda fp: {k: v for k, v in json.loads(fp).items() if k not in ("process_index", "process_count")}
+    return strip(saved) == strip(current)
 
 
 # tf.data threads still running Python (`_read_row`) while the interpreter shuts down abort

@@ -4,6 +4,8 @@ import importlib.util
 import sys
 import types
 
+import pytest
+
 from benchmarks import report, results_io
 from benchmarks.results_io import table
 
@@ -60,3 +62,22 @@ def test_recorded_command_is_the_one_to_type(monkeypatch):
     main.__spec__ = None  # a file run as a script
     monkeypatch.setattr(sys, "argv", ["tool.py", "--out", "x"])
     assert results_io.command_line(str.upper) == "python tool.py --OUT X"
+
+
+@pytest.mark.parametrize("vendor, family, model, flags, expected", [
+    ("AuthenticAMD", 26, 2, "fpu avx512f avx512_bf16 avx512_vp2intersect", "family 26 model 2 (Zen 5); avx512f avx512_bf16"),
+    ("AuthenticAMD", 25, 17, "fpu avx512f avx512_bf16", "family 25 model 17 (Zen 4); avx512f avx512_bf16"),
+    ("AuthenticAMD", 25, 1, "fpu avx2", "family 25 model 1 (Zen 3); no avx512"),
+    ("GenuineIntel", 6, 143, "avx512f avx512_bf16 amx_bf16 amx_tile", "family 6 model 143 (Sapphire Rapids); avx512f avx512_bf16 amx_bf16"),
+    ("GenuineIntel", 6, 85, "avx512f", "family 6 model 85; avx512f"),
+])
+def test_cpu_detail_names_the_generation_and_vector_isa(tmp_path, vendor, family, model, flags, expected):
+    from benchmarks.results_io import cpu_detail
+
+    info = tmp_path / "cpuinfo"
+    first = f"processor\t: 0\nvendor_id\t: {vendor}\ncpu family\t: {family}\nmodel\t\t: {model}\nmodel name\t: X\nflags\t\t: {flags}\n"
+    info.write_text(first + "\nprocessor\t: 1\nflags\t\t: nothing\n")  # only the first processor is read
+    assert cpu_detail(str(info)) == expected
+    assert cpu_detail(str(tmp_path / "missing")) == ""
+    line = report.machine_line({"cpu": "AMD EPYC", "cpu_detail": expected, "cpus": 2, "backend": "cpu", "command": "c"})
+    assert line.startswith(f"Machine: AMD EPYC ({expected}); 2 cores")

@@ -159,6 +159,27 @@ def test_state_restores_the_exact_position(dataset):
             np.testing.assert_array_equal(got[key], want[key], err_msg=key)
     with pytest.raises(ValueError, match="different input configuration"):
         _pipe(dataset, seed=5).restore(state)
+    with pytest.raises(ValueError, match="different input configuration"):
+        _pipe(dataset, random_crop=True, global_batch_size=2).restore(state)
+
+
+def test_a_state_restores_on_another_number_of_hosts(dataset):
+    """The position counts global batches: one host's state resumes two hosts (and back), each
+    reading its rows of the same global batches."""
+    single = _pipe(dataset, random_crop=True)
+    for _ in range(3):
+        next(single)
+    state = single.state()
+    hosts = [_pipe(dataset, random_crop=True, process_index=i, process_count=2) for i in range(2)]
+    for host in hosts:
+        host.restore(state)
+    for _ in range(3):
+        whole, parts = next(single), [next(h) for h in hosts]
+        for key in whole:
+            np.testing.assert_array_equal(whole[key], np.concatenate([p[key] for p in parts]), err_msg=key)
+    back = _pipe(dataset, random_crop=True)
+    back.restore(hosts[1].state())
+    np.testing.assert_array_equal(next(back)["video_index"], next(single)["video_index"])
 
 
 def test_all_pairs_and_eval_row_kinds(dataset):
@@ -217,3 +238,16 @@ def test_bad_configs(dataset):
         _pipe(dataset, eval_rows="clips")
     with pytest.raises(FileNotFoundError, match="tvr-jax prepare"):
         VideoTextInput("/nonexistent", InputConfig(split="train", training=True, global_batch_size=4))
+
+
+def test_a_state_saved_with_host_fields_still_restores(dataset):
+    """States written before positions became host-independent carry process_index/count."""
+    import json
+
+    pipe = _pipe(dataset)
+    next(pipe)
+    state = pipe.state()
+    old = {**json.loads(state["fingerprint"]), "process_index": 0, "process_count": 1}
+    resumed = _pipe(dataset)
+    resumed.restore({**state, "fingerprint": json.dumps(old, sort_keys=True)})
+    np.testing.assert_array_equal(next(resumed)["video_index"], next(pipe)["video_index"])

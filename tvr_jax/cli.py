@@ -90,10 +90,10 @@ def _prepare(args: argparse.Namespace) -> int:
 def _config(args: argparse.Namespace):
     from tvr_jax.config_io import load_config
 
-    if args.distributed:  # several processes (SLURM, TPU pod slice): one global mesh over all hosts
-        import jax
+    if args.distributed:  # several processes (SLURM, TPU pod slice, by hand): one global mesh over all
+        from tvr_jax import sharding
 
-        jax.distributed.initialize()
+        sharding.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
     return load_config(args.config, args.overrides)
 
 
@@ -102,7 +102,8 @@ def _train(args: argparse.Namespace) -> int:
     from tvr_jax import train
 
     cfg = _config(args)
-    save_config(cfg, args.workdir)
+    if train.is_writer():
+        save_config(cfg, args.workdir)
     train.train(cfg, args.workdir, train.dataset_batch_factory(cfg))
     return 0
 
@@ -182,7 +183,11 @@ def _search(args: argparse.Namespace) -> int:
 def _add_config_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="config file, optionally with an argument: configs/NAME.py[:ARG]")
     p.add_argument("--workdir", required=True, help="run folder: checkpoints, metrics.jsonl, tensorboard/, eval/")
-    p.add_argument("--distributed", action="store_true", help="call jax.distributed.initialize() (multi-host launch)")
+    p.add_argument("--distributed", action="store_true", help="one run over several processes (jax.distributed): every "
+                   "process runs the same command; the cluster manager (SLURM, TPU pod) says who is who, or the three below")
+    p.add_argument("--coordinator", default=None, help="with --distributed, a launch by hand: process 0's HOST:PORT")
+    p.add_argument("--num-processes", type=int, default=None, help="with --distributed, a launch by hand: how many processes")
+    p.add_argument("--process-id", type=int, default=None, help="with --distributed, a launch by hand: this one's index, 0..N-1")
 
 
 def build_parser() -> argparse.ArgumentParser:

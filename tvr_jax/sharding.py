@@ -10,6 +10,10 @@ rules place every array:
     (`fsdp_spec`, `fsdp_shardings`); with 'fsdp' of size 1 everything is replicated.
 Inside `shard_map` regions (the similarity blocks, evaluation) the same batch axes are named
 explicitly; elsewhere jit propagates from these.
+
+Several processes (hosts) make one global mesh: `initialize_distributed` starts JAX's
+multi-process runtime before any device is touched, and each process feeds its own rows of every
+global batch (`jax.make_array_from_process_local_data`).
 """
 
 from __future__ import annotations
@@ -24,6 +28,23 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 MESH_AXES = ("data", "fsdp")
 BATCH_AXES = ("data", "fsdp")
 FSDP_MIN_SIZE = 2**14  # smaller arrays (norms, biases) are replicated: splitting them saves nothing
+
+
+def initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
+                           process_id: int | None = None) -> None:
+    """jax.distributed.initialize, before any device is used. With no arguments the cluster
+    manager says who is who (SLURM, Open MPI, the TPU runtime); a launch by hand (several
+    processes on one machine, or hosts without a manager) gives all three: process 0's HOST:PORT,
+    the number of processes, this one's index. CPU devices of different processes talk through
+    gloo (JAX's CPU collectives); accelerators use their own."""
+    given = [coordinator is not None, num_processes is not None, process_id is not None]
+    if any(given) and not all(given):
+        raise ValueError("--coordinator, --num-processes and --process-id go together: give all three (a launch by "
+                         "hand) or none (the cluster manager's, e.g. SLURM or a TPU pod)")
+    if num_processes is not None and not 0 <= process_id < num_processes:
+        raise ValueError(f"--process-id {process_id} must be in 0..{num_processes - 1} (--num-processes {num_processes})")
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
 
 
 def make_mesh(shape: Sequence[int] = (-1, 1), devices: Sequence[jax.Device] | None = None) -> Mesh:

@@ -124,12 +124,22 @@ def make_train_step(model: RetrievalModel, loss_cfg: LossConfig, optimizer: opta
 # ==============================================================================================
 # 2. Logs: console, metrics.jsonl, TensorBoard
 # ==============================================================================================
+def is_writer() -> bool:
+    """Whether this process writes the run's files besides checkpoints (config, logs): process 0
+    of a multi-process run, the only process otherwise. Orbax writes checkpoints from all."""
+    return jax.process_index() == 0
+
+
 class MetricLogger:
     """One JSON object per write in WORKDIR/metrics.jsonl (appended, flushed): training metrics
     every `log_every` steps, validation metrics (val_*) every `eval_every` steps, each with its
-    step; the same as TensorBoard scalars in WORKDIR/tensorboard."""
+    step; the same as TensorBoard scalars in WORKDIR/tensorboard. Only the writer process
+    (`is_writer`) writes; the metrics are global, so every process holds the same."""
 
     def __init__(self, workdir: str, resume_step: int):
+        self._file, self._tb = None, None
+        if not is_writer():
+            return
         os.makedirs(workdir, exist_ok=True)
         self.path = os.path.join(workdir, "metrics.jsonl")
         _truncate_jsonl(self.path, resume_step)  # a restart from step s drops lines logged after s
@@ -143,6 +153,8 @@ class MetricLogger:
             log.warning("TensorBoard logging off: %s", e)
 
     def write(self, step: int, metrics: dict[str, float]) -> None:
+        if self._file is None:
+            return
         record = {"step": step, **metrics}
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
@@ -155,7 +167,8 @@ class MetricLogger:
             self._tb.flush()
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
         if self._tb is not None:
             self._tb.close()
 
