@@ -107,3 +107,51 @@ def _assert_same_params(cfg, workdir: str, reference: str) -> None:
     expected = jax.device_get(experiment.restore_params(cfg, reference)[1])
     for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(params), jax.tree.leaves(expected)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6, err_msg=jax.tree_util.keystr(path))
+
+
+# The victim process of the test below: `tvr-jax train` that kills itself (SIGKILL, no cleanup)
+# right after its step-2 checkpoint is committed, as a host lost mid-run.
+_DIES_AFTER_STEP_2 = """
+import os, signal, sys
+from tvr_jax import cli, train
+save = train.save_checkpoint
+def save_then_die(manager, state, *args, **kwargs):
+    save(manager, state, *args, **kwargs)
+    if int(state.step) == 2:
+        manager.wait_until_finished()
+        os.kill(os.getpid(), signal.SIGKILL)
+train.save_checkpoint = save_then_die
+sys.argv = ["tvr-jax", *sys.argv[1:]]
+cli.run()
+"""
+
+
+def test_a_dead_process_stops_the_others_and_a_rerun_resumes(tmp_path, tiny_config, synthetic_data, single_process):
+    """Process 1 dies after step 2's checkpoint; process 0, waiting for it in step 3's
+    collectives, aborts within the heartbeat timeout naming the dead task instead of hanging.
+    The same command rerun on both resumes from step 2 and ends as the uninterrupted run."""
+    import time
+
+    workdir = str(tmp_path / "run")
+    timeout_s = 10
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    command = ["train", *_args(tiny_config, synthetic_data, workdir), "--distributed", "--coordinator",
+               f"127.0.0.1:{_free_port()}", "--num-processes", "2", "--heartbeat-timeout", str(timeout_s)]
+    survivor = subprocess.Popen([sys.executable, "-m", "tvr_jax.cli", *command, "--process-id", "0"], cwd=ROOT, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    victim = subprocess.Popen([sys.executable, "-c", _DIES_AFTER_STEP_2, *command, "--process-id", "1"], cwd=ROOT,
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        victim_out = victim.communicate(timeout=600)[0]
+        died = time.monotonic()
+        out = survivor.communicate(timeout=timeout_s + 120)[0]
+        waited = time.monotonic() - died
+    finally:
+        survivor.kill()
+        victim.kill()
+    assert victim.returncode == -9, victim_out[-3000:]
+    assert survivor.returncode != 0 and "stopped sending heartbeats" in out, out[-3000:]
+    assert waited < timeout_s + 60, f"the survivor took {waited:.0f} s to stop"
+    _launch(2, _args(tiny_config, synthetic_data, workdir), devices=8)  # the same command on both again
+    _assert_same_run(_losses(workdir), _losses(single_process), rtol=2e-5)
+    _assert_same_params(tiny_config(f"data_dir='{synthetic_data}'"), workdir, single_process)

@@ -93,7 +93,8 @@ def _config(args: argparse.Namespace):
     if args.distributed:  # several processes (SLURM, TPU pod slice, by hand): one global mesh over all
         from tvr_jax import sharding
 
-        sharding.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+        timeout = {} if args.heartbeat_timeout is None else {"heartbeat_timeout_s": args.heartbeat_timeout}
+        sharding.initialize_distributed(args.coordinator, args.num_processes, args.process_id, **timeout)
     return load_config(args.config, args.overrides)
 
 
@@ -188,6 +189,8 @@ def _add_config_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--coordinator", default=None, help="with --distributed, a launch by hand: process 0's HOST:PORT")
     p.add_argument("--num-processes", type=int, default=None, help="with --distributed, a launch by hand: how many processes")
     p.add_argument("--process-id", type=int, default=None, help="with --distributed, a launch by hand: this one's index, 0..N-1")
+    p.add_argument("--heartbeat-timeout", type=int, default=None, help="with --distributed: seconds after which the other "
+                   "processes abort when one has died (default: sharding.HEARTBEAT_TIMEOUT_S, 100, JAX's)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -30,13 +30,21 @@ BATCH_AXES = ("data", "fsdp")
 FSDP_MIN_SIZE = 2**14  # smaller arrays (norms, biases) are replicated: splitting them saves nothing
 
 
+HEARTBEAT_TIMEOUT_S = 100  # JAX's default
+
+
 def initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
-                           process_id: int | None = None) -> None:
+                           process_id: int | None = None, heartbeat_timeout_s: int = HEARTBEAT_TIMEOUT_S) -> None:
     """jax.distributed.initialize, before any device is used. With no arguments the cluster
     manager says who is who (SLURM, Open MPI, the TPU runtime); a launch by hand (several
     processes on one machine, or hosts without a manager) gives all three: process 0's HOST:PORT,
     the number of processes, this one's index. CPU devices of different processes talk through
-    gloo (JAX's CPU collectives); accelerators use their own."""
+    gloo (JAX's CPU collectives); accelerators use their own.
+
+    A process that dies stops sending heartbeats: after `heartbeat_timeout_s` the coordination
+    service aborts every other process with "The following tasks are unhealthy (stopped sending
+    heartbeats)", instead of leaving them waiting in a collective. Rerunning the same command on
+    every host resumes from the newest checkpoint."""
     given = [coordinator is not None, num_processes is not None, process_id is not None]
     if any(given) and not all(given):
         raise ValueError("--coordinator, --num-processes and --process-id go together: give all three (a launch by "
@@ -44,7 +52,10 @@ def initialize_distributed(coordinator: str | None = None, num_processes: int | 
     if num_processes is not None and not 0 <= process_id < num_processes:
         raise ValueError(f"--process-id {process_id} must be in 0..{num_processes - 1} (--num-processes {num_processes})")
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
+    if heartbeat_timeout_s < 1:
+        raise ValueError(f"--heartbeat-timeout {heartbeat_timeout_s} must be >= 1 second")
+    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id,
+                               heartbeat_timeout_seconds=heartbeat_timeout_s)
 
 
 def make_mesh(shape: Sequence[int] = (-1, 1), devices: Sequence[jax.Device] | None = None) -> Mesh:
