@@ -155,3 +155,16 @@ def test_a_dead_process_stops_the_others_and_a_rerun_resumes(tmp_path, tiny_conf
     _launch(2, _args(tiny_config, synthetic_data, workdir), devices=8)  # the same command on both again
     _assert_same_run(_losses(workdir), _losses(single_process), rtol=2e-5)
     _assert_same_params(tiny_config(f"data_dir='{synthetic_data}'"), workdir, single_process)
+
+
+def test_launch_flags_are_checked_before_anything_starts(tiny_config, tmp_path, capsys):
+    from tvr_jax import cli, sharding
+
+    with pytest.raises(ValueError, match="go together"):
+        sharding.initialize_distributed("127.0.0.1:1234", None, None)
+    with pytest.raises(ValueError, match=r"--process-id 2 must be in 0..1"):
+        sharding.initialize_distributed("127.0.0.1:1234", 2, 2)
+    # Evaluation, export and the ablation run in one process: --distributed is training's alone.
+    with pytest.raises(SystemExit) as exit:
+        cli.main(["eval", "--distributed", "--workdir", str(tmp_path)] + tiny_config.args())
+    assert exit.value.code == 2 and "unrecognised arguments: --distributed" in capsys.readouterr().err

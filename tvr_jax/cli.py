@@ -90,7 +90,7 @@ def _prepare(args: argparse.Namespace) -> int:
 def _config(args: argparse.Namespace):
     from tvr_jax.config_io import load_config
 
-    if args.distributed:  # several processes (SLURM, TPU pod slice, by hand): one global mesh over all
+    if getattr(args, "distributed", False):  # several processes (SLURM, TPU pod slice, by hand): one global mesh over all
         from tvr_jax import sharding
 
         timeout = {} if args.heartbeat_timeout is None else {"heartbeat_timeout_s": args.heartbeat_timeout}
@@ -181,9 +181,13 @@ def _search(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_config_arguments(p: argparse.ArgumentParser) -> None:
+def _add_config_arguments(p: argparse.ArgumentParser, distributed: bool = False) -> None:
+    """--config, --workdir; with `distributed` (training only: evaluation, export and the ablation
+    run in one process, which reads the checkpoint all hosts wrote) the multi-process flags."""
     p.add_argument("--config", required=True, help="config file, optionally with an argument: configs/NAME.py[:ARG]")
     p.add_argument("--workdir", required=True, help="run folder: checkpoints, metrics.jsonl, tensorboard/, eval/")
+    if not distributed:
+        return
     p.add_argument("--distributed", action="store_true", help="one run over several processes (jax.distributed): every "
                    "process runs the same command; the cluster manager (SLURM, TPU pod) says who is who, or the three below")
     p.add_argument("--coordinator", default=None, help="with --distributed, a launch by hand: process 0's HOST:PORT")
@@ -231,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=_prepare)
 
     p = sub.add_parser("train", help="train from a config; --config.FIELD=VALUE overrides any field")
-    _add_config_arguments(p)
+    _add_config_arguments(p, distributed=True)
     p.set_defaults(fn=_train)
 
     p = sub.add_parser("eval", help="evaluate a trained checkpoint in the paper's protocol")
