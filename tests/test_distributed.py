@@ -79,17 +79,25 @@ def test_distributed_train_equals_one_process(tmp_path, tiny_config, synthetic_d
     _assert_same_params(tiny_config(f"data_dir='{synthetic_data}'"), workdir, single_process)
 
 
-@pytest.mark.parametrize("processes, devices, mesh", [(2, 4, "(-1, 1)"), (4, 8, "(-1, 2)")],
-                         ids=["8 devices to 2 processes of 2", "data-parallel to 4 processes with FSDP"])
-def test_resume_on_another_process_and_device_count(tmp_path, tiny_config, synthetic_data, single_process, processes,
-                                                    devices, mesh):
-    """The one-process run's step-2 checkpoint (8 devices, parameters replicated) resumed by
-    several processes on another device count or parameter layout continues as the
-    uninterrupted run: same input position, same losses, same final parameters. What must stay
-    equal is the global batch (and the config); devices, processes and mesh may change."""
+@pytest.mark.parametrize("first, then", [
+    (None, (2, 4, "(-1, 1)")),         # 8 devices -> 2 processes of 2 devices
+    (None, (4, 8, "(-1, 2)")),         # replicated parameters -> 4 processes with FSDP
+    ((1, 4, "(-1, 1)"), (2, 8, "(-1, 1)")),  # 4 devices, one process -> 8 devices, 2 processes
+], ids=["8 to 4 devices", "to FSDP", "4 to 8 devices"])
+def test_resume_on_another_process_and_device_count(tmp_path, tiny_config, synthetic_data, single_process, first, then):
+    """A step-2 checkpoint resumed by other processes on another device count or parameter layout
+    continues as the uninterrupted run: same input position, same losses, same final parameters.
+    What must stay equal is the global batch (and the config); devices, processes and mesh may
+    change. `first` None: the one-process 8-device run's checkpoint; else (processes, devices, mesh)
+    of a run made for the test."""
     workdir = str(tmp_path / "resumed")
-    shutil.copytree(single_process, workdir)
+    if first is None:
+        shutil.copytree(single_process, workdir)
+    else:
+        processes, devices, mesh = first
+        _launch(processes, _args(tiny_config, synthetic_data, workdir, f"mesh_shape={mesh}"), devices=devices)
     shutil.rmtree(os.path.join(workdir, "checkpoints", str(STEPS)))  # as if killed after step 2's checkpoint
+    processes, devices, mesh = then
     _launch(processes, _args(tiny_config, synthetic_data, workdir, f"mesh_shape={mesh}"), devices=devices)
     _assert_same_run(_losses(workdir), _losses(single_process), rtol=1e-4)
     _assert_same_params(tiny_config(f"data_dir='{synthetic_data}'"), workdir, single_process)
