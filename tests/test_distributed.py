@@ -172,6 +172,8 @@ def test_launch_flags_are_checked_before_anything_starts(tiny_config, tmp_path, 
         sharding.initialize_distributed("127.0.0.1:1234", None, None)
     with pytest.raises(ValueError, match=r"--process-id 2 must be in 0..1"):
         sharding.initialize_distributed("127.0.0.1:1234", 2, 2)
+    with pytest.raises(ValueError, match="must be >= 1 second"):
+        sharding.initialize_distributed("127.0.0.1:1234", 2, 0, heartbeat_timeout_s=0)
     # Evaluation, export and the ablation run in one process: --distributed is training's alone.
     with pytest.raises(SystemExit) as exit:
         cli.main(["eval", "--distributed", "--workdir", str(tmp_path)] + tiny_config.args())

@@ -51,9 +51,9 @@ def initialize_distributed(coordinator: str | None = None, num_processes: int | 
                          "hand) or none (the cluster manager's, e.g. SLURM or a TPU pod)")
     if num_processes is not None and not 0 <= process_id < num_processes:
         raise ValueError(f"--process-id {process_id} must be in 0..{num_processes - 1} (--num-processes {num_processes})")
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     if heartbeat_timeout_s < 1:
         raise ValueError(f"--heartbeat-timeout {heartbeat_timeout_s} must be >= 1 second")
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id,
                                heartbeat_timeout_seconds=heartbeat_timeout_s)
 
