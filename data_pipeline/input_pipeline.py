@@ -60,7 +60,8 @@ import numpy as np
 from data_pipeline.video import FRAME_SAMPLINGS, sample_frame_indices
 
 # CLIP's pixel statistics, for `pixels="float32"` (host normalisation); the device path uses the
-# same numbers from tvr_jax.models.clip (this package does not import the model).
+# same numbers from tvr_jax.models.clip (this package does not import the model); the test that
+# compares the two paths (tests/test_data_input_pipeline.py) fails if they drift apart.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 PIXELS = ("uint8", "float32")
