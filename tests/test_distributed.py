@@ -1,10 +1,11 @@
-"""Several processes for real: `tvr-jax train --distributed` launched as 2 and 4 processes on this
-machine, each with its own fake CPU devices, coordinated over loopback (JAX's multi-process
-runtime, gloo collectives), against the same run in one process with as many devices.
+"""Several processes for real: `tvr-jax train|eval|export --distributed` launched as 2 and 4
+processes on this machine, each with its own fake CPU devices, coordinated over loopback (JAX's
+multi-process runtime, gloo collectives), against the same command in one process with as many
+devices.
 
-Each process reads only its rows of every global batch; the logged losses and the final
-parameters must equal the single-process run's (the equality the 8-fake-device tests show
-inside one process, here across processes).
+Each process reads only its rows of every global batch; the logged losses, the final parameters,
+the evaluation metrics and the exported index must equal the single-process run's (the equality
+the 8-fake-device tests show inside one process, here across processes).
 """
 
 import json
@@ -32,12 +33,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(processes: int, args: list[str], devices: int = DEVICES, timeout: int = 600) -> None:
-    """`tvr-jax train` in `processes` processes of devices / processes fake CPU devices each; every
+def _launch(processes: int, args: list[str], devices: int = DEVICES, timeout: int = 600, command: str = "train") -> None:
+    """`tvr-jax COMMAND` in `processes` processes of devices / processes fake CPU devices each; every
     process must exit 0 (their output is shown when one does not)."""
     env = {**os.environ, "JAX_PLATFORMS": "cpu",
            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices // processes}"}
-    command = [sys.executable, "-m", "tvr_jax.cli", "train", *args]
+    command = [sys.executable, "-m", "tvr_jax.cli", command, *args]
     if processes > 1:
         command += ["--distributed", "--coordinator", f"127.0.0.1:{_free_port()}", "--num-processes", str(processes)]
     procs = [subprocess.Popen(command + (["--process-id", str(i)] if processes > 1 else []), cwd=ROOT, env=env,
@@ -102,6 +103,45 @@ def test_resume_on_another_process_and_device_count(tmp_path, tiny_config, synth
     _launch(processes, _args(tiny_config, synthetic_data, workdir, f"mesh_shape={mesh}"), devices=devices)
     _assert_same_run(_losses(workdir), _losses(single_process), rtol=1e-4)
     _assert_same_params(tiny_config(f"data_dir='{synthetic_data}'"), workdir, single_process)
+
+
+@pytest.mark.parametrize("processes", [2, 4])
+def test_distributed_eval_and_export_equal_one_process(tmp_path, tiny_config, synthetic_data, single_process, processes):
+    """`tvr-jax eval` and `tvr-jax export` over several processes, each encoding its rows of every
+    batch and scoring its rows of the similarity matrix: the same metrics and the same index as
+    one process (process 0 writes them; every process returns once they exist)."""
+    args = tiny_config.args(f"data_dir='{synthetic_data}'")
+    outputs = {}
+    for n in (1, processes):
+        workdir = str(tmp_path / f"run_{n}")
+        shutil.copytree(single_process, workdir)
+        _launch(n, args + ["--workdir", workdir], command="eval")
+        _launch(n, args + ["--workdir", workdir, "--split", "test", "--out", str(tmp_path / f"index_{n}")], command="export")
+        outputs[n] = workdir, str(tmp_path / f"index_{n}")
+    (one_run, one_index), (run, index) = outputs[1], outputs[processes]
+    with open(os.path.join(one_run, "eval", "metrics.json")) as f:
+        expected = json.load(f)
+    with open(os.path.join(run, "eval", "metrics.json")) as f:
+        assert json.load(f) == expected
+    assert expected["counts"]["videos"] == 120  # the whole test split, not one process's share
+    for name in ("metrics.md", "metrics.csv", "recall_at_k.png", "gallery.html"):
+        assert os.path.getsize(os.path.join(run, "eval", name)) > 0
+    assert sorted(os.listdir(os.path.join(run, "eval", "thumbs"))) == sorted(os.listdir(os.path.join(one_run, "eval", "thumbs")))
+    manifests = []
+    for folder in (one_index, index):
+        with open(os.path.join(folder, "manifest.json")) as f:
+            manifests.append(json.load(f))
+        manifests[-1]["run"].pop("workdir")
+    assert manifests[0] == manifests[1]
+    assert sorted(os.listdir(index)) == sorted(os.listdir(one_index))
+    for name in os.listdir(one_index):
+        if name.endswith(".json"):
+            with open(os.path.join(index, name)) as a, open(os.path.join(one_index, name)) as b:
+                assert name == "manifest.json" or json.load(a) == json.load(b), name
+        else:
+            np.testing.assert_allclose(np.load(os.path.join(index, name)).astype(np.float32),
+                                       np.load(os.path.join(one_index, name)).astype(np.float32),
+                                       rtol=1e-3, atol=1e-3, err_msg=name)
 
 
 def _assert_same_run(ours: list[dict], reference: list[dict], rtol: float) -> None:
@@ -178,7 +218,7 @@ def test_launch_flags_are_checked_before_anything_starts(tiny_config, tmp_path, 
         sharding.initialize_distributed("127.0.0.1:1234", 2, 2)
     with pytest.raises(ValueError, match="must be >= 1 second"):
         sharding.initialize_distributed("127.0.0.1:1234", 2, 0, heartbeat_timeout_s=0)
-    # Evaluation, export and the ablation run in one process: --distributed is training's alone.
+    # The ablation runs its variants in one process: --distributed is not its flag.
     with pytest.raises(SystemExit) as exit:
-        cli.main(["eval", "--distributed", "--workdir", str(tmp_path)] + tiny_config.args())
+        cli.main(["ablate", "--distributed", "--workdir", str(tmp_path)] + tiny_config.args())
     assert exit.value.code == 2 and "unrecognised arguments: --distributed" in capsys.readouterr().err

@@ -100,10 +100,10 @@ def _config(args: argparse.Namespace):
 
 def _train(args: argparse.Namespace) -> int:
     """Train (resuming from WORKDIR's newest checkpoint)."""
-    from tvr_jax import train
+    from tvr_jax import sharding, train
 
     cfg = _config(args)
-    if train.is_writer():
+    if sharding.is_writer():
         save_config(cfg, args.workdir)
     train.train(cfg, args.workdir, train.dataset_batch_factory(cfg))
     return 0
@@ -182,8 +182,8 @@ def _search(args: argparse.Namespace) -> int:
 
 
 def _add_config_arguments(p: argparse.ArgumentParser, distributed: bool = False) -> None:
-    """--config, --workdir; with `distributed` (training only: evaluation, export and the ablation
-    run in one process, which reads the checkpoint all hosts wrote) the multi-process flags."""
+    """--config, --workdir; with `distributed` the multi-process flags (train, eval, export; the
+    ablation runs in one process)."""
     p.add_argument("--config", required=True, help="config file, optionally with an argument: configs/NAME.py[:ARG]")
     p.add_argument("--workdir", required=True, help="run folder: checkpoints, metrics.jsonl, tensorboard/, eval/")
     if not distributed:
@@ -239,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=_train)
 
     p = sub.add_parser("eval", help="evaluate a trained checkpoint in the paper's protocol")
-    _add_config_arguments(p)
+    _add_config_arguments(p, distributed=True)
     p.add_argument("--checkpoint", type=int, default=None,
                    help="step to evaluate (default: the best on validation during training, else the newest)")
     p.add_argument("--zero-shot", action="store_true", help="evaluate --config.init_checkpoint's CLIP untrained (meanP, cosine)")
@@ -253,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=_ablate)
 
     p = sub.add_parser("export", help="write a split's token features to an index folder (for `search`)")
-    _add_config_arguments(p)
+    _add_config_arguments(p, distributed=True)
     p.add_argument("--split", required=True)
     p.add_argument("--out", required=True, help="index folder (must not hold an index yet)")
     p.add_argument("--checkpoint", type=int, default=None, help="step (default: the one eval reports: the best on validation, else the newest)")

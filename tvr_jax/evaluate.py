@@ -18,9 +18,8 @@ import os
 from typing import Any, Callable, Iterable, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from data_pipeline.prepare import dataset_dir
 from data_pipeline.tokenizer import default_tokenizer
@@ -42,6 +41,11 @@ class Encoder(NamedTuple):
     inputs: tuple[str, ...]
 
 
+# Batch keys an encoder passes through unchanged, so that they are gathered from every process
+# together with the features, in the same row order.
+ROW_KEYS = {"videos": ("valid", "video_index"), "captions": ("valid", "video_index", "text_ids")}
+
+
 def compile_encoder(model: RetrievalModel, mesh: Mesh, kind: str) -> Encoder:
     """The jitted encoder of `kind` ("videos" or "captions"); put batches with
     `sharding.batch_sharding(mesh)`, the outputs' sharding."""
@@ -54,23 +58,24 @@ def compile_encoder(model: RetrievalModel, mesh: Mesh, kind: str) -> Encoder:
     else:
         raise ValueError(f"kind must be 'videos' or 'captions', got {kind!r}")
     in_sharding = sharding.batch_sharding(mesh)
-    return Encoder(jax.jit(lambda p, b: {k: v for k, v in fn(p, b).items() if k in keys}, out_shardings=in_sharding),
-                   inputs)
+    encode_batch = lambda p, b: {**{k: v for k, v in fn(p, b).items() if k in keys}, **{k: b[k] for k in ROW_KEYS[kind]}}
+    return Encoder(jax.jit(encode_batch, out_shardings=in_sharding), tuple(dict.fromkeys(inputs + ROW_KEYS[kind])))
 
 
 def encode(model: RetrievalModel, params: dict, batches: Iterable[dict], mesh: Mesh, kind: str,
            compiled: Encoder | None = None) -> dict[str, np.ndarray]:
-    """Features of every valid row of `batches` ("videos" or "captions"), gathered on the host.
+    """Features of every valid row of `batches` ("videos" or "captions"), whole on every process
+    (each process reads its rows of every global batch, as in training).
     `compiled`: `compile_encoder(model, mesh, kind)` built once by a caller that encodes repeatedly."""
     step, inputs = compiled or compile_encoder(model, mesh, kind)
     in_sharding = sharding.batch_sharding(mesh)
     chunks: dict[str, list[np.ndarray]] = {}
     for batch in batches:
-        out = jax.device_get(step(params, jax.device_put({k: batch[k] for k in inputs}, in_sharding)))
-        valid = np.asarray(batch["valid"], bool)
-        ids = {"text_ids": batch["text_ids"]} if kind == "captions" else {}  # for the gallery's captions
-        for k, v in {**out, "video_index": batch["video_index"], **ids}.items():
-            chunks.setdefault(k, []).append(np.asarray(v)[valid])
+        out = sharding.gather(step(params, {k: jax.make_array_from_process_local_data(in_sharding, np.asarray(batch[k]))
+                                            for k in inputs}))
+        valid = out.pop("valid").astype(bool)
+        for k, v in out.items():
+            chunks.setdefault(k, []).append(v[valid])
     if not chunks:
         raise ValueError(f"no {kind} to encode: the split is empty")
     return {k: np.concatenate(v) for k, v in chunks.items()}
@@ -78,7 +83,8 @@ def encode(model: RetrievalModel, params: dict, batches: Iterable[dict], mesh: M
 
 def score(texts: dict, videos: dict, interaction: str, cfg: LossConfig, mesh: Mesh) -> np.ndarray:
     """S (num_texts, num_videos) with `dmae_similarity`: texts split over the mesh, videos on
-    every device; each device runs the blockwise loop over all videos for its rows."""
+    every device; each device runs the blockwise loop over all videos for its rows. Inputs and
+    the result are whole on every process."""
     return scorer(interaction, cfg, mesh)(texts, videos)
 
 
@@ -89,12 +95,15 @@ def scorer(interaction: str, cfg: LossConfig, mesh: Mesh) -> Callable[[dict, dic
     local = lambda t, v: similarity_matrix(t, v, interaction, cfg)
     fn = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P(axes), P()), out_specs=P(axes)))
 
+    rows, everywhere = NamedSharding(mesh, P(axes)), sharding.replicated(mesh)
+
     def run(texts: dict, videos: dict) -> np.ndarray:
         n = len(texts["t_cls"])
         pad = -n % shards  # repeat the first rows; their scores are cut off below
-        texts = {k: jnp.asarray(np.concatenate([v, v[:pad]]) if pad else v) for k, v in texts.items() if k in TEXT_KEYS}
-        videos = {k: jnp.asarray(v) for k, v in videos.items() if k in VIDEO_KEYS}
-        return np.asarray(jax.device_get(fn(texts, videos)))[:n]
+        texts = {k: sharding.global_array(np.concatenate([v, v[:pad]]) if pad else v, rows)
+                 for k, v in texts.items() if k in TEXT_KEYS}
+        videos = {k: sharding.global_array(v, everywhere) for k, v in videos.items() if k in VIDEO_KEYS}
+        return sharding.gather(fn(texts, videos))[:n]
     return run
 
 
@@ -231,6 +240,7 @@ def evaluate_zero_shot(cfg, workdir: str, *, mesh: Mesh | None = None) -> dict[s
     model, clip_params = build_model(cfg)
     params = model.init(jax.random.PRNGKey(0), *model.dummy_batch(1))["params"]
     params = init_from_clip(model.config, params, clip_params)
+    params = jax.tree.map(lambda x: sharding.global_array(x, sharding.replicated(mesh)), params)
     checkpoint = {"zero_shot": cfg.init_checkpoint, "note": "no training: meanP, cosine of pooled features"}
     return _evaluate_params(cfg, model, params, mesh, workdir, checkpoint, "zero-shot CLIP")
 
@@ -260,15 +270,20 @@ def split_scorer(cfg, model: RetrievalModel, mesh: Mesh, split: str) -> Callable
 
 
 def _evaluate_params(cfg, model: RetrievalModel, params, mesh: Mesh, workdir: str, checkpoint: dict, what: str) -> dict:
+    """Score `cfg.eval.split` and write WORKDIR/eval/ (one process writes; all return once it exists)."""
     split = cfg.eval.split
     report, sim, texts, videos, video_stream = _score_split(cfg, model, params, mesh, split)
     report.update(checkpoint=checkpoint, split=split, dataset=cfg.dataset)
-    out_dir = os.path.join(workdir, "eval")
-    write_report(report, out_dir, f"{cfg.dataset} {split}, {what}")
-    write_recall_curve(sim, texts["video_index"], os.path.join(out_dir, "recall_at_k.png"))
-    video_ids = [video_stream.video_ids[i] for i in videos["video_index"]]
-    fresh_videos = dataset_input(cfg, split, False, model.config, cfg.eval.batch_size, eval_rows="videos")
-    write_gallery(sim, texts, video_ids, fresh_videos, out_dir, f"{cfg.dataset} {split}, {what}")
+    if sharding.is_writer():
+        out_dir = os.path.join(workdir, "eval")
+        write_report(report, out_dir, f"{cfg.dataset} {split}, {what}")
+        write_recall_curve(sim, texts["video_index"], os.path.join(out_dir, "recall_at_k.png"))
+        video_ids = [video_stream.video_ids[i] for i in videos["video_index"]]
+        # Thumbnails of the whole split, not only this process's rows.
+        fresh_videos = dataset_input(cfg, split, False, model.config, cfg.eval.batch_size, eval_rows="videos",
+                                     process_index=0, process_count=1)
+        write_gallery(sim, texts, video_ids, fresh_videos, out_dir, f"{cfg.dataset} {split}, {what}")
+    sharding.barrier("evaluation written")
     return report
 
 

@@ -51,33 +51,37 @@ def export_index(cfg, workdir: str, out_dir: str, split: str, step: int | None =
     selection = f"step {step} as asked"
     if step is None:  # the checkpoint `tvr-jax eval` reports: the best on validation, else the newest
         step, selection = evaluate.select_checkpoint(cfg, workdir)
-    model, params, trained_step = restore_params(cfg, workdir, step)
     mesh = sharding.make_mesh(tuple(cfg.mesh_shape))
+    model, params, trained_step = restore_params(cfg, workdir, step, mesh)
     streams = {kind: dataset_input(cfg, split, False, model.config, cfg.eval.batch_size, eval_rows=kind)
                for kind in ("videos", "captions")}
     videos = evaluate.encode(model, params, streams["videos"], mesh, "videos")
     texts = evaluate.encode(model, params, streams["captions"], mesh, "captions")
-    os.makedirs(out_dir, exist_ok=True)
-    arrays = {}
-    for prefix, feats in (("", videos), ("text_", texts)):
-        for name, value in feats.items():
-            if name == "video_index":
-                continue
-            value = value.astype(np.float16) if name in _FLOAT16 else value
-            _save_npy(os.path.join(out_dir, f"{prefix}{name}.npy"), value)
-            arrays[prefix + name] = {"shape": list(value.shape), "dtype": str(value.dtype)}
-    _save_npy(os.path.join(out_dir, "caption_video.npy"), texts["video_index"].astype(np.int32))
+    arrays = {prefix + name: value.astype(np.float16) if name in _FLOAT16 else value
+              for prefix, feats in (("", videos), ("text_", texts)) for name, value in feats.items() if name != "video_index"}
     video_ids = [streams["videos"].video_ids[i] for i in videos["video_index"]]
     manifest = {"format": INDEX_FORMAT, "dataset": cfg.dataset, "split": split, "num_videos": len(video_ids),
-                "num_captions": int(len(texts["video_index"])), "arrays": arrays,
+                "num_captions": int(len(texts["video_index"])),
+                "arrays": {name: {"shape": list(v.shape), "dtype": str(v.dtype)} for name, v in arrays.items()},
                 "tagger": tagger_spec_of(streams["videos"].metadata),
                 "run": {"workdir": os.path.abspath(workdir), "step": trained_step, "selection": selection, "config": json.loads(cfg.to_json_best_effort())}}
+    if sharding.is_writer():  # every process holds the same features; one writes them
+        arrays["caption_video"] = texts["video_index"].astype(np.int32)
+        _write_index(out_dir, arrays, video_ids, manifest)
+    sharding.barrier("index written")
+    return manifest
+
+
+def _write_index(out_dir: str, arrays: dict[str, np.ndarray], video_ids: list[str], manifest: dict) -> None:
+    """NAME.npy for each array, then video_ids.json, then the manifest: each renamed into place."""
+    os.makedirs(out_dir, exist_ok=True)
+    for name, value in arrays.items():
+        _save_npy(os.path.join(out_dir, f"{name}.npy"), value)
     for name, content in (("video_ids.json", video_ids), ("manifest.json", manifest)):
         tmp = os.path.join(out_dir, name + ".tmp")
         with open(tmp, "w") as f:
             json.dump(content, f, indent=1)
         os.replace(tmp, os.path.join(out_dir, name))
-    return manifest
 
 
 def load_index(index_dir: str) -> tuple[dict, list[str], dict[str, np.ndarray]]:

@@ -13,7 +13,9 @@ explicitly; elsewhere jit propagates from these.
 
 Several processes (hosts) make one global mesh: `initialize_distributed` starts JAX's
 multi-process runtime before any device is touched, and each process feeds its own rows of every
-global batch (`jax.make_array_from_process_local_data`).
+global batch (`jax.make_array_from_process_local_data`). Arrays every process holds whole (encoded
+features to score) enter the mesh with `global_array`; results come back whole to every process
+with `gather`; files other than checkpoints are written by one process (`is_writer`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any, Sequence
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp")
@@ -56,6 +59,32 @@ def initialize_distributed(coordinator: str | None = None, num_processes: int | 
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id,
                                heartbeat_timeout_seconds=heartbeat_timeout_s)
+
+
+def is_writer() -> bool:
+    """Whether this process writes the run's files besides checkpoints (config, logs, evaluation
+    reports, an index): process 0 of a multi-process run, the only process otherwise. Orbax
+    writes checkpoints from all."""
+    return jax.process_index() == 0
+
+
+def global_array(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
+    """`x`, the same on every process, as one array laid out by `sharding` over the whole mesh:
+    each process places only its own devices' parts (a plain device_put cannot reach the others)."""
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+
+def gather(tree: Any) -> Any:
+    """A pytree of arrays laid out over the mesh, as numpy arrays whole on every process."""
+    return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def barrier(name: str) -> None:
+    """Every process waits here for the others (no-op in one process): files one process wrote
+    exist for all once past it."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
 
 
 def make_mesh(shape: Sequence[int] = (-1, 1), devices: Sequence[jax.Device] | None = None) -> Mesh:

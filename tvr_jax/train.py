@@ -124,21 +124,15 @@ def make_train_step(model: RetrievalModel, loss_cfg: LossConfig, optimizer: opta
 # ==============================================================================================
 # 2. Logs: console, metrics.jsonl, TensorBoard
 # ==============================================================================================
-def is_writer() -> bool:
-    """Whether this process writes the run's files besides checkpoints (config, logs): process 0
-    of a multi-process run, the only process otherwise. Orbax writes checkpoints from all."""
-    return jax.process_index() == 0
-
-
 class MetricLogger:
     """One JSON object per write in WORKDIR/metrics.jsonl (appended, flushed): training metrics
     every `log_every` steps, validation metrics (val_*) every `eval_every` steps, each with its
     step; the same as TensorBoard scalars in WORKDIR/tensorboard. Only the writer process
-    (`is_writer`) writes; the metrics are global, so every process holds the same."""
+    (`sharding.is_writer`) writes; the metrics are global, so every process holds the same."""
 
     def __init__(self, workdir: str, resume_step: int):
         self._file, self._tb = None, None
-        if not is_writer():
+        if not sharding.is_writer():
             return
         os.makedirs(workdir, exist_ok=True)
         self.path = os.path.join(workdir, "metrics.jsonl")
