@@ -84,10 +84,11 @@ def _sub_jaxprs(params: dict):
 
 # -- this machine's ceiling ---------------------------------------------------------------------
 def measured_matmul_peak(dtype: str = "float32", sizes=(1024, 2048, 4096), repeats: int = 5) -> dict:
-    """Best sustained FLOP/s of a square matmul, through XLA (jax) and, if installed, PyTorch.
+    """Best FLOP/s of a square matmul in `dtype`, through XLA (jax) and, if installed, PyTorch.
 
-    The peak that MFU divides by: the best of both frameworks over a few sizes (median of
-    `repeats` products each, after one warm-up), so both are measured against the same number.
+    The peak that MFU divides by: the best of both frameworks over a few sizes (the fastest of
+    `repeats` products each, after one warm-up), so both are measured against the same number,
+    with `vector_bound` beside it.
     """
     import jax
     import jax.numpy as jnp
@@ -97,7 +98,7 @@ def measured_matmul_peak(dtype: str = "float32", sizes=(1024, 2048, 4096), repea
     dot = jax.jit(jnp.dot)
     for n in sizes:
         a, b = (jnp.asarray(rng.standard_normal((n, n)), dtype) for _ in range(2))
-        results[f"jax_{n}"] = 2 * n**3 / _median_seconds(lambda a=a, b=b: dot(a, b).block_until_ready(), repeats)
+        results[f"jax_{n}"] = 2 * n**3 / _best_seconds(lambda a=a, b=b: dot(a, b).block_until_ready(), repeats)
     try:
         import torch
     except ImportError:
@@ -105,16 +106,47 @@ def measured_matmul_peak(dtype: str = "float32", sizes=(1024, 2048, 4096), repea
     if torch is not None and jax.default_backend() == "cpu":
         for n in sizes:
             a, b = (torch.from_numpy(rng.standard_normal((n, n))).to(getattr(torch, dtype)) for _ in range(2))
-            results[f"torch_{n}"] = 2 * n**3 / _median_seconds(lambda a=a, b=b: a @ b, repeats)
+            results[f"torch_{n}"] = 2 * n**3 / _best_seconds(lambda a=a, b=b: a @ b, repeats)
     best = max(results, key=results.get)
-    return {"peak_flops": results[best], "best": best, "dtype": dtype, "all": {k: round(v / 1e9, 1) for k, v in results.items()}}
+    return {"peak_flops": results[best], "best": best, "dtype": dtype, "all": {k: round(v / 1e9, 1) for k, v in results.items()},
+            "bound": vector_bound(dtype)}
 
 
-def _median_seconds(fn, repeats: int) -> float:
+def _best_seconds(fn, repeats: int) -> float:
     fn()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+    return float(min(times))
+
+
+FMA_UNITS = 2  # vector FMA pipes per core on recent x86 server cores (Zen 4/5, Sapphire Rapids): assumed
+
+
+def vector_bound(dtype: str, cpuinfo: str = "/proc/cpuinfo") -> dict:
+    """The arithmetic limit of the cores this process may use: cores x lanes x 2 (multiply-add) x
+    FMA_UNITS x clock. Lanes: vector width / 32 for float32; twice that for bfloat16 where the CPU
+    has a bfloat16 dot-product instruction (avx512_bf16's VDPBF16PS), else float32's (bfloat16 is
+    widened). The clock is /proc/cpuinfo's highest "cpu MHz", the current, not the boost, clock."""
+    import os
+
+    cores = len(os.sched_getaffinity(0))
+    flags, mhz = set(), []
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "flags":
+                    flags = set(value.split())
+                elif key.strip() == "cpu MHz":
+                    mhz.append(float(value))
+    except OSError:
+        pass
+    bits = 512 if "avx512f" in flags else 256 if "avx2" in flags else 128
+    lanes = bits // 32 * (2 if dtype == "bfloat16" and "avx512_bf16" in flags else 1)
+    ghz = max(mhz) / 1000 if mhz else float("nan")
+    return {"flops": cores * lanes * 2 * FMA_UNITS * ghz * 1e9, "cores": cores, "vector_bits": bits, "lanes": lanes,
+            "fma_units": FMA_UNITS, "ghz": round(ghz, 3),
+            "formula": f"{cores} cores x {lanes} {dtype} lanes ({bits}-bit) x 2 x {FMA_UNITS} FMA units x {ghz:.2f} GHz"}

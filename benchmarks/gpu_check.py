@@ -1,7 +1,7 @@
 """The ViT-B/32 train step on one GPU in bfloat16: clips/s and MFU against the GPU's measured matmul peak.
 
 Run by `benchmarks/gpu_check.sh` (under 5 minutes). One process, in this order:
-  1. the bf16 matmul peak of this GPU (XLA, square products, median of repeats);
+  1. the bf16 matmul peak of this GPU (XLA, square products, fastest of repeats);
   2. our full step (DMAE + NegNCE + TPM-CL, `configs/msrvtt_vit_b32.py`, 12 frames x 32 words)
      and our meanP + InfoNCE baseline step, bf16 compute, float32 parameters and Adam;
   3. the PyTorch peer (`torch_reference.py`, bf16 autocast, eager) at the same batch;

@@ -1,20 +1,25 @@
-"""One training step, ours against the PyTorch peer, side by side in one run; MFU against a measured peak.
+"""One training step, ours against the PyTorch peer, side by side in one run, in float32 and in
+bfloat16; MFU against a measured peak per dtype.
 
 Both sides train the CLIP4Clip meanP baseline (cosine of pooled features, symmetric InfoNCE,
-AdamW, clipping) on the same weights and the same batch, float32, on this machine:
+AdamW, clipping) on the same weights and the same batch, on this machine:
   ours:  `tvr_jax.train.make_train_step` of a config with `BASELINE_OVERRIDES` (our real step,
-         sharded loss on a one-device mesh, non-finite guard included);
-  peer:  `benchmarks/torch_reference.py` (transformers' PyTorch CLIP towers).
+         sharded loss on a one-device mesh, non-finite guard included); bfloat16 is
+         `model.dtype='bfloat16'` (products in bfloat16, float32 master weights);
+  peer:  `benchmarks/torch_reference.py` (transformers' PyTorch CLIP towers); bfloat16 is
+         `torch.autocast(dtype=torch.bfloat16)`, what a PyTorch user would pick on a CPU.
 Each side runs in its own process (its own thread pool and allocator settings), driven over
-pipes by this one. The first losses must agree (same model) or the run stops. Then rounds
-alternate the two, so load on the machine hits both alike; each timed run follows an untimed run
-of the same job (`benchmarks/side_by_side.py`); the tables give medians, warm-up excluded. The towers are also timed alone (gradient of their
-output features), for MFU per tower.
+pipes by this one. The first losses must agree (same model; to 1e-4 in float32, 3e-2 in
+bfloat16) or the run stops. Then rounds alternate the two, so load on the machine hits both
+alike; each timed run follows an untimed run of the same job (`benchmarks/side_by_side.py`); the
+tables give medians, warm-up excluded. The towers are also timed alone (gradient of their output
+features), for MFU per tower.
 
 MFU = model FLOPs (`flops.py`: counted by hand, checked against the jaxpr and XLA's
-cost_analysis) / step time / the best float32 matmul rate measured in this same run.
+cost_analysis) / step time / the best matmul rate of that dtype measured in this same run (both
+libraries, several sizes), printed beside the cores x vector lanes x clock bound.
 
-    python -m benchmarks.train_step                        # tiny and ViT-B/32 (12 frames, 32 words)
+    python -m benchmarks.train_step                        # tiny and ViT-B/32 (12 frames, 32 words), both dtypes
     python -m benchmarks.train_step --options              # XLA / dtype variants -> xla_cpu_options.json
 
 Each `--options` variant (XLA_FLAGS are read once per process) runs ours alone in a fresh
@@ -207,30 +212,37 @@ def worker(side: str, setting: str, hf_dir: str = "", overrides=(), xla_flags: s
     return Worker("benchmarks.train_step", side, args, xla_flags)
 
 
-def compare(name: str, rounds: int, warmup: int) -> dict:
-    """Ours and the peer on one setting, on the same weights: loss parity, then alternating timed rounds."""
+DTYPES = {  # dtype -> (our config overrides, the peer's variant, first-loss tolerance)
+    "float32": ([], "PyTorch float32", 1e-4),
+    "bfloat16": (["model.dtype='bfloat16'"], "PyTorch bfloat16 autocast", 3e-2),
+}
+
+
+def compare(name: str, dtype: str, rounds: int, warmup: int) -> dict:
+    """Ours and the peer on one setting and dtype, on the same weights: loss parity, then alternating timed rounds."""
     config, batch, more = SETTINGS[name]
     rounds *= more
+    overrides, peer_side, tolerance = DTYPES[dtype]
     from tvr_jax import experiment
     from tvr_jax.config_io import load_config
 
     m = experiment.build_model(load_config(config, BASELINE_OVERRIDES))[0].config
     model_flops = flops.meanp_step_flops(m.clip, batch, m.max_frames, m.max_words)
     with tempfile.TemporaryDirectory() as hf_dir, contextlib.ExitStack() as workers:
-        peer = workers.enter_context(worker("PyTorch float32", name, hf_dir))  # writes the weights ours reads
-        ours = workers.enter_context(worker("ours", name, hf_dir))
+        peer = workers.enter_context(worker(peer_side, name, hf_dir))  # writes the weights ours reads
+        ours = workers.enter_context(worker("ours", name, hf_dir, overrides))
         losses = {"ours": ours.ask("run step"), "peer": peer.ask("run step")}
         rel = abs(losses["ours"] - losses["peer"]) / abs(losses["peer"])
-        print(f"[{name}] first loss: ours {losses['ours']:.6f}, PyTorch {losses['peer']:.6f} (relative difference {rel:.1e})")
-        if rel > 1e-4:
-            raise SystemExit(f"{name}: the two steps compute different losses on the same weights and batch: {losses}")
+        print(f"[{name} {dtype}] first loss: ours {losses['ours']:.6f}, PyTorch {losses['peer']:.6f} (relative difference {rel:.1e})")
+        if rel > tolerance:
+            raise SystemExit(f"{name} {dtype}: the two steps compute different losses on the same weights and batch: {losses}")
         timed = alternate([ours, peer], ["step", "image_tower", "text_tower"], rounds, warmup)
     times = {k: (v[ours.side], v[peer.side]) for k, v in timed.items()}
     flops_of = {"step": model_flops["total"], "image_tower": model_flops["image_tower"],
                 "text_tower": model_flops["text_tower"]}
     parts = {k: {"model_flops": flops_of[k], "ours_s": float(np.median(to)), "peer_s": float(np.median(tp)),
                  "ours_all": to, "peer_all": tp} for k, (to, tp) in times.items()}
-    return {"setting": name, "config": config, "batch": batch, "frames": m.max_frames, "words": m.max_words,
+    return {"setting": name, "dtype": dtype, "peer": peer_side, "config": config, "batch": batch, "frames": m.max_frames, "words": m.max_words,
             "first_loss": losses, "loss_rel_diff": rel, "compile_s": ours.ready["compile_s"],
             "xla_step_flops": ours.ready["xla_flops"], "hand_flops": model_flops, "parts": parts}
 
@@ -257,29 +269,34 @@ def run_options(rounds: int, warmup: int) -> list[dict]:
 
 
 # -- report -----------------------------------------------------------------------------------
-def tables(results: list[dict], peak: dict) -> list[dict]:
-    peak_flops = peak["peak_flops"]
+def tables(results: list[dict], peaks: dict) -> list[dict]:
     out = []
     rows = []
     for res in results:
+        peak_flops = peaks[res["dtype"]]["peak_flops"]
         for part, r in res["parts"].items():
             mfu = lambda s, r=r: f"{100 * r['model_flops'] / s / peak_flops:.1f}%"
-            rows.append([res["setting"], part.replace("_", " "), res["batch"], f"{r['model_flops'] / 1e9:.1f}",
+            rows.append([res["setting"], res["dtype"], part.replace("_", " "), res["batch"], f"{r['model_flops'] / 1e9:.1f}",
                          f"{r['ours_s']:.3f}", f"{r['peer_s']:.3f}", f"{r['ours_s'] / r['peer_s']:.2f}x",
                          mfu(r["ours_s"]), mfu(r["peer_s"])])
-    out.append(table("Step time and MFU, float32 (median of rounds, warm-up excluded)",
-                     ["setting", "what", "clips", "model GFLOP", "ours s", "PyTorch s", "ours / PyTorch",
+    out.append(table("Step time and MFU (median of rounds, warm-up excluded; PyTorch: float32, or bfloat16 autocast; "
+                     "MFU against the peak of the row's dtype)",
+                     ["setting", "dtype", "what", "clips", "model GFLOP", "ours s", "PyTorch s", "ours / PyTorch",
                       "MFU ours", "MFU PyTorch"], rows))
+    out.append(table("Matmul peak per dtype, measured in this run (best of both libraries and several sizes), and "
+                     "the arithmetic bound of the cores used",
+                     ["dtype", "peak GFLOP/s", "best", "all (GFLOP/s)", "bound GFLOP/s", "bound"],
+                     [[dt, f"{p['peak_flops'] / 1e9:.0f}", p["best"], ", ".join(f"{k} {v}" for k, v in p["all"].items()),
+                       f"{p['bound']['flops'] / 1e9:.0f}", p["bound"]["formula"]] for dt, p in peaks.items()]))
     rows = []
     for res in results:
         h = res["hand_flops"]
         xla = res["xla_step_flops"]
-        rows.append([res["setting"], f"{h['image_tower'] / 1e9:.2f}", f"{h['text_tower'] / 1e9:.2f}",
+        rows.append([res["setting"], res["dtype"], f"{h['image_tower'] / 1e9:.2f}", f"{h['text_tower'] / 1e9:.2f}",
                      f"{h['total'] / 1e9:.2f}", f"{xla / 1e9:.2f}" if xla else "n/a",
                      f"{xla / h['total']:.3f}" if xla else "n/a", f"{res['loss_rel_diff']:.1e}"])
-    out.append(table(f"FLOPs of one step: by hand (matmuls) and XLA's cost_analysis (all ops); peak "
-                     f"{peak_flops / 1e9:.0f} GFLOP/s float32 ({peak['best']}, measured in this run)",
-                     ["setting", "image tower GFLOP", "text tower GFLOP", "step GFLOP (hand)", "XLA cost_analysis GFLOP",
+    out.append(table("FLOPs of one step: by hand (matmuls) and XLA's cost_analysis (all ops)",
+                     ["setting", "dtype", "image tower GFLOP", "text tower GFLOP", "step GFLOP (hand)", "XLA cost_analysis GFLOP",
                       "XLA / hand", "first-loss difference ours vs PyTorch"], rows))
     return out
 
@@ -298,6 +315,7 @@ def options_table(options: list[dict]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES))
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--options", action="store_true", help="time XLA / dtype variants of ours and the peer instead")
@@ -316,12 +334,12 @@ def main() -> None:
         write_results(args.out or "benchmarks/results/xla_cpu_options.json", tables=[options_table(options)],
                       options=options)
         return
-    peak = flops.measured_matmul_peak("float32")
-    print(f"matmul peak: {peak}", flush=True)
-    results = [compare(name, args.rounds, args.warmup) for name in args.settings]
-    out_tables = tables(results, peak)
+    peaks = {dtype: flops.measured_matmul_peak(dtype) for dtype in args.dtypes}
+    print(f"matmul peaks: {peaks}", flush=True)
+    results = [compare(name, dtype, args.rounds, args.warmup) for name in args.settings for dtype in args.dtypes]
+    out_tables = tables(results, peaks)
     print_tables(out_tables)
-    write_results(args.out or "benchmarks/results/train_step.json", tables=out_tables, peak=peak, results=results)
+    write_results(args.out or "benchmarks/results/train_step.json", tables=out_tables, peaks=peaks, results=results)
 
 if __name__ == "__main__":
     main()

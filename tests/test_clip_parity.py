@@ -441,23 +441,29 @@ def test_attention_equals_the_equations(masking):
     assert_grads_close(gp, rp)
 
 
-def _primitive_outputs(jaxpr, name: str) -> list:
-    """Output avals of every `name` primitive in a jaxpr, nested jaxprs (jit, custom_jvp) included."""
+def _primitive_inputs_and_outputs(jaxpr, name: str) -> list:
+    """(input avals, output aval) of every `name` primitive in a jaxpr, nested jaxprs (jit,
+    custom_jvp) included."""
     found = []
     for eqn in jaxpr.eqns:
         if eqn.primitive.name == name:
-            found += [v.aval for v in eqn.outvars]
+            found.append(([v.aval for v in eqn.invars], eqn.outvars[0].aval))
         for value in eqn.params.values():
             for sub in value if isinstance(value, (list, tuple)) else (value,):
                 inner = getattr(sub, "jaxpr", sub)
                 if hasattr(inner, "eqns"):
-                    found += _primitive_outputs(inner, name)
+                    found += _primitive_inputs_and_outputs(inner, name)
     return found
 
 
+def _primitive_outputs(jaxpr, name: str) -> list:
+    return [out for _, out in _primitive_inputs_and_outputs(jaxpr, name)]
+
+
 def test_attention_bfloat16_keeps_float32_logits_and_softmax():
-    """With bfloat16 compute the logits and the softmax are float32 (as OpenAI's fp32 softmax), and
-    the output stays close to the float32 equations."""
+    """With bfloat16 compute the products take bfloat16 inputs, the logits and the softmax are
+    float32 (as OpenAI's fp32 softmax), the projections accumulate and return float32 (the
+    autocast policy, tvr_jax/models/clip.py), and the output stays close to the float32 equations."""
     causal, mask, allowed = _attention_case("causal+padding")
     x = jnp.asarray(np.random.default_rng(1).normal(size=(3, 7, 32)), jnp.float32)
     module = MultiHeadAttention(width=32, heads=4, causal=causal, dtype=jnp.bfloat16)
@@ -465,7 +471,13 @@ def test_attention_bfloat16_keeps_float32_logits_and_softmax():
     jaxpr = jax.make_jaxpr(lambda x: module.apply({"params": params}, x, mask))(x).jaxpr
     exps = _primitive_outputs(jaxpr, "exp")
     assert exps and all(a.dtype == jnp.float32 for a in exps), exps
+    products = _primitive_inputs_and_outputs(jaxpr, "dot_general")
+    assert len(products) == 6  # q, k, v, logits, probabilities x v, out
+    assert all(a.dtype == jnp.bfloat16 for inputs, _ in products for a in inputs), products
+    out_dtypes = [out.dtype for _, out in products]
+    # Projections and logits in float32; the probabilities' product with v in bfloat16, as jax.nn computes it.
+    assert out_dtypes.count(jnp.float32) == 5 and out_dtypes.count(jnp.bfloat16) == 1, out_dtypes
     out = module.apply({"params": params}, x, mask)
-    assert out.dtype == jnp.bfloat16
+    assert out.dtype == jnp.float32
     ref = _attention_reference(params, x, 4, allowed)
     np.testing.assert_allclose(out.astype(jnp.float32), ref, rtol=0.05, atol=0.05)

@@ -13,11 +13,18 @@ Images come in as uint8 RGB (what the input pipeline delivers: a quarter of floa
 move) and are normalised on the device with CLIP's mean and std (`normalize_pixels`), or as
 floats already normalised (PyTorch CLIP's preprocessing output).
 
-Big-model switches: compute `dtype` (bfloat16) with float32 parameters, stacking the blocks with
+Big-model switches: `dtype` (bfloat16) for the matrix products with float32 parameters, stacking the blocks with
 `nn.scan` (`scan_layers`: one compiled block instead of L, parameters stacked on a leading layer
 axis), and rematerialising each block in the backward pass (`remat`, which implies the stacked
 layout; `remat_policy` says what a block keeps). Checkpoints store the per-layer layout;
 `clip_weights.stack_layers` / `unstack_layers` convert between the two.
+
+Mixed precision (`dtype="bfloat16"`) is PyTorch autocast's policy: every matrix product takes
+bfloat16 inputs and accumulates and returns float32 (`matmul`, `Dense`); the residual stream,
+LayerNorm, softmax, activations and biases stay float32. Rounding every activation to bfloat16
+(flax's `nn.Dense(dtype=...)` policy) made the ViT-B/32 step slower in bfloat16 than in
+float32 on CPUs (benchmarks/notes/bf16_step.md): XLA rounds after every elementwise op, and
+the weight gradients, products of bfloat16 outputs, leave the fast matmul library.
 """
 
 from __future__ import annotations
@@ -146,8 +153,30 @@ def _dtype(name: str):
     return _DTYPES[name]
 
 
+def matmul(x: jax.Array, w: jax.Array, dtype: Any) -> jax.Array:
+    """x @ w over x's last axis and w's first, the inputs cast to `dtype`, accumulated and
+    returned in float32 whatever `dtype` (the mixed-precision policy, module docstring)."""
+    return jax.lax.dot_general(x.astype(dtype), w.astype(dtype), (((x.ndim - 1,), (0,)), ((), ())),
+                               preferred_element_type=jnp.float32)
+
+
+class Dense(nn.Module):
+    """`nn.Dense`'s parameters (`kernel` (in, out), lecun-normal; `bias`, zeros) and arithmetic,
+    with the product in `dtype` (`matmul`) and a float32 output and bias."""
+
+    features: int
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (x.shape[-1], self.features), self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
+        return matmul(x, kernel, self.dtype) + bias.astype(jnp.float32)
+
+
 class LayerNorm(nn.Module):
-    """LayerNorm over the last axis, computed in float32 whatever the compute dtype (as CLIP does)."""
+    """LayerNorm over the last axis, computed in float32 (as CLIP does); returns x's dtype."""
 
     eps: float = 1e-5
     param_dtype: Any = jnp.float32
@@ -166,9 +195,9 @@ class LayerNorm(nn.Module):
 class MultiHeadAttention(nn.Module):
     """Self-attention with separate q/k/v projections (with bias), as OpenAI CLIP computes it.
 
-    The core is `jax.nn.dot_product_attention`: logits q.k / sqrt(head_dim) accumulated in float32
-    whatever the compute dtype, masked, softmax in float32, probabilities cast back to the compute
-    dtype for the product with v. `causal` hides later positions (the text tower); `mask` (bool,
+    The core is `jax.nn.dot_product_attention` on q, k, v in the compute dtype: logits q.k /
+    sqrt(head_dim) accumulated in float32, masked, softmax in float32, probabilities cast to the
+    compute dtype for the product with v; the output is float32. `causal` hides later positions (the text tower); `mask` (bool,
     broadcastable to (batch, heads, query, key), True = attend) hides any others. The function's
     default implementation is XLA's on every backend (jax 0.10 to 0.12); `is_causal` rather than
     a mask array lets a fused kernel skip the hidden half.
@@ -183,8 +212,8 @@ class MultiHeadAttention(nn.Module):
     @nn.compact
     def __call__(self, x, mask=None):  # x: (batch, length, width)
         head_dim = self.width // self.heads
-        dense = lambda name: nn.Dense(self.width, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
-        split = lambda y: y.reshape(*y.shape[:-1], self.heads, head_dim)
+        dense = lambda name: Dense(self.width, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+        split = lambda y: y.reshape(*y.shape[:-1], self.heads, head_dim).astype(self.dtype)
         q, k, v = (split(dense(name)(x)) for name in ("q_proj", "k_proj", "v_proj"))
         mask = None if mask is None else jnp.asarray(mask, jnp.bool_)
         out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=head_dim**-0.5, is_causal=self.causal)
@@ -209,8 +238,8 @@ class ResidualAttentionBlock(nn.Module):
         y = LayerNorm(self.eps, self.param_dtype, name="ln_1")(x)
         x = x + MultiHeadAttention(self.width, self.heads, self.causal, name="attn", **kw)(y, mask)
         y = LayerNorm(self.eps, self.param_dtype, name="ln_2")(x)
-        y = nn.Dense(self.mlp_dim, name="c_fc", **kw)(y)
-        y = nn.Dense(self.width, name="c_proj", **kw)(_ACTIVATIONS[self.activation](y))
+        y = Dense(self.mlp_dim, name="c_fc", **kw)(y)
+        y = Dense(self.width, name="c_proj", **kw)(_ACTIVATIONS[self.activation](y))
         return x + y
 
 
@@ -297,7 +326,7 @@ class PatchEmbedding(nn.Module):
         kernel = self.param("kernel", nn.initializers.lecun_normal(), (p, p, c, self.width), self.param_dtype)
         patches = images.reshape(n, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
         patches = patches.reshape(n, (h // p) * (w // p), p * p * c)  # (row, column, channel) order, as the kernel
-        return patches @ kernel.reshape(p * p * c, self.width).astype(self.dtype)
+        return matmul(patches, kernel.reshape(p * p * c, self.width), self.dtype)
 
 
 class VisionTransformer(nn.Module):
@@ -319,19 +348,19 @@ class VisionTransformer(nn.Module):
         elif not jnp.issubdtype(images.dtype, jnp.floating):
             raise TypeError(f"images must be uint8 RGB or normalised floats, got dtype {images.dtype}")
         width = cfg.vision_width
-        x = PatchEmbedding(width, cfg.patch_size, dtype, pdtype, name="conv1")(images.astype(dtype))
+        x = PatchEmbedding(width, cfg.patch_size, dtype, pdtype, name="conv1")(images)
         init = nn.initializers.normal(width**-0.5)
         cls = self.param("class_embedding", init, (width,), pdtype)
         pos = self.param("positional_embedding", init, (cfg.grid_size**2 + 1, width), pdtype)
-        x = jnp.concatenate([jnp.broadcast_to(cls.astype(dtype), (x.shape[0], 1, width)), x], axis=1)
-        x = x + pos.astype(dtype)
+        x = jnp.concatenate([jnp.broadcast_to(cls.astype(jnp.float32), (x.shape[0], 1, width)), x], axis=1)
+        x = x + pos.astype(jnp.float32)
         x = LayerNorm(cfg.layer_norm_eps, pdtype, name="ln_pre")(x)
         x = Transformer(**_tower_kwargs(cfg, "vision"), name="transformer")(x)
         # CLIP applies ln_post to the CLS token only; LayerNorm is per token, so applying it to
         # every token gives the same CLS and comparable patch tokens (TS2-Net does the same).
         x = LayerNorm(cfg.layer_norm_eps, pdtype, name="ln_post")(x)
         proj = self.param("proj", init, (width, cfg.embed_dim), pdtype)
-        return x @ proj.astype(dtype)
+        return matmul(x, proj, dtype)
 
 
 class TextTransformer(nn.Module):
@@ -347,15 +376,15 @@ class TextTransformer(nn.Module):
         if length > cfg.context_length:
             raise ValueError(f"token_ids have length {length} > context_length {cfg.context_length}")
         x = nn.Embed(cfg.vocab_size, cfg.text_width, embedding_init=nn.initializers.normal(0.02),
-                     dtype=dtype, param_dtype=pdtype, name="token_embedding")(token_ids)
+                     dtype=jnp.float32, param_dtype=pdtype, name="token_embedding")(token_ids)
         pos = self.param("positional_embedding", nn.initializers.normal(0.01),
                          (cfg.context_length, cfg.text_width), pdtype)
-        x = x + pos[:length].astype(dtype)
+        x = x + pos[:length].astype(jnp.float32)
         x = Transformer(**_tower_kwargs(cfg, "text"), causal=True, name="transformer")(x)
         x = LayerNorm(cfg.layer_norm_eps, pdtype, name="ln_final")(x)
         proj = self.param("text_projection", nn.initializers.normal(cfg.text_width**-0.5),
                           (cfg.text_width, cfg.embed_dim), pdtype)
-        return x @ proj.astype(dtype)
+        return matmul(x, proj, dtype)
 
 
 def end_of_text_index(token_ids: jax.Array) -> jax.Array:
