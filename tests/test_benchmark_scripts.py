@@ -127,3 +127,38 @@ def test_eval_step_parity_stops_on_a_wrong_block(tmp_path):
     np.savez(tmp_path / "PyTorch.npz", **dict(outputs, frames=outputs["frames"] + 1e-4))
     with pytest.raises(SystemExit, match="different features or scores"):
         parity(paths)
+
+
+def test_profile_breakdown_names_the_products_of_a_traced_program(tmp_path):
+    """The profiler's thunks join the compiled program's HLO: a product and an elementwise loop,
+    each under its kind, dtype and pass; nothing unrecognised."""
+    import jax
+    import jax.numpy as jnp
+
+    from benchmarks.profile_step import traced_breakdown
+
+    x = jnp.ones((256, 256), jnp.float32)
+    f = jax.jit(jax.grad(lambda w, x: jnp.sum(jnp.tanh(x @ w) ** 2)))
+    compiled = f.lower(x, x).compile()
+    compiled(x, x).block_until_ready()
+    result = traced_breakdown(lambda: compiled(x, x).block_until_ready(), compiled, str(tmp_path))
+    assert result["per_op_us"], "no operation recorded"
+    assert set(result["per_op_us"]) <= set(result["ops"]), "thunks that are not operations of the program"
+    kinds = set(result["by_kind_us"])
+    assert any(k.startswith("product") and ", f32," in k for k in kinds), kinds
+    assert any("backward" in k for k in kinds) and any("forward" in k for k in kinds), kinds
+
+
+def test_vector_bound_reads_lanes_and_clock(tmp_path):
+    from benchmarks.flops import FMA_UNITS, vector_bound
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\ncpu MHz\t\t: 2600.000\nflags\t\t: fpu avx2 avx512f avx512_bf16\n\n"
+                       "processor\t: 1\ncpu MHz\t\t: 2400.000\nflags\t\t: fpu avx2 avx512f avx512_bf16\n")
+    cores = len(os.sched_getaffinity(0))
+    f32, bf16 = vector_bound("float32", str(cpuinfo)), vector_bound("bfloat16", str(cpuinfo))
+    assert (f32["lanes"], bf16["lanes"], f32["ghz"]) == (16, 32, 2.6)
+    assert f32["flops"] == pytest.approx(cores * 16 * 2 * FMA_UNITS * 2.6e9)
+    assert bf16["flops"] == pytest.approx(2 * f32["flops"])
+    cpuinfo.write_text("cpu MHz\t\t: 3000.000\nflags\t\t: fpu avx2\n")
+    assert vector_bound("bfloat16", str(cpuinfo))["lanes"] == 8  # no bf16 instruction: widened to float32

@@ -460,6 +460,26 @@ def _primitive_outputs(jaxpr, name: str) -> list:
     return [out for _, out in _primitive_inputs_and_outputs(jaxpr, name)]
 
 
+def test_bfloat16_matmul_forward_and_gradient_against_numpy():
+    """The mixed-precision product: inputs rounded to bfloat16, float32 accumulation and output;
+    its backward rounds the cotangent too (autocast's backward), returning float32 gradients."""
+    from tvr_jax.models.clip import matmul
+
+    rng = np.random.default_rng(0)
+    x, w, g = (rng.standard_normal(shape).astype(np.float32) for shape in ((3, 5, 16), (16, 8), (3, 5, 8)))
+    bf16 = lambda a: np.asarray(jnp.asarray(a, jnp.bfloat16).astype(jnp.float32), np.float64)
+    out, vjp = jax.vjp(lambda x, w: matmul(x, w, jnp.bfloat16), jnp.asarray(x), jnp.asarray(w))
+    dx, dw = vjp(jnp.asarray(g))
+    assert out.dtype == dx.dtype == dw.dtype == jnp.float32
+    np.testing.assert_allclose(out, bf16(x) @ bf16(w), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dx, bf16(g) @ bf16(w).T, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dw, np.einsum("btd,bte->de", bf16(x), bf16(g)), rtol=1e-5, atol=1e-5)
+    # float32 is the plain product and its plain gradient.
+    out32, vjp32 = jax.vjp(lambda x, w: matmul(x, w, jnp.float32), jnp.asarray(x), jnp.asarray(w))
+    np.testing.assert_allclose(out32, x.astype(np.float64) @ w, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(vjp32(jnp.asarray(g))[1], np.einsum("btd,bte->de", x, g.astype(np.float64)), rtol=1e-5, atol=1e-5)
+
+
 def test_attention_bfloat16_keeps_float32_logits_and_softmax():
     """With bfloat16 compute the products take bfloat16 inputs, the logits and the softmax are
     float32 (as OpenAI's fp32 softmax), the projections accumulate and return float32 (the

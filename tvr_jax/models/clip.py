@@ -30,6 +30,7 @@ the weight gradients, products of bfloat16 outputs, leave the fast matmul librar
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from typing import Any, Callable
 
@@ -153,11 +154,44 @@ def _dtype(name: str):
     return _DTYPES[name]
 
 
-def matmul(x: jax.Array, w: jax.Array, dtype: Any) -> jax.Array:
-    """x @ w over x's last axis and w's first, the inputs cast to `dtype`, accumulated and
-    returned in float32 whatever `dtype` (the mixed-precision policy, module docstring)."""
+def _product(x: jax.Array, w: jax.Array, dtype: Any) -> jax.Array:
     return jax.lax.dot_general(x.astype(dtype), w.astype(dtype), (((x.ndim - 1,), (0,)), ((), ())),
                                preferred_element_type=jnp.float32)
+
+
+def matmul(x: jax.Array, w: jax.Array, dtype: Any) -> jax.Array:
+    """x @ w over x's last axis and w's first, the inputs cast to `dtype`, accumulated and
+    returned in float32 whatever `dtype` (the mixed-precision policy, module docstring). Below
+    float32 the backward products take the cotangent in `dtype` too (`_low_precision_matmul`)."""
+    if jnp.dtype(dtype) == jnp.float32:
+        return _product(x, w, dtype)
+    return _low_precision_matmul(x, w, jnp.dtype(dtype))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _low_precision_matmul(x, w, dtype):
+    return _product(x, w, dtype)
+
+
+def _low_precision_matmul_fwd(x, w, dtype):
+    # Keep the low-precision casts for the backward pass (half the bytes of x and w), and a
+    # scalar of each input's dtype to give its gradient back in.
+    xc, wc = x.astype(dtype), w.astype(dtype)
+    return _product(xc, wc, dtype), (xc, wc, jnp.zeros((), x.dtype), jnp.zeros((), w.dtype))
+
+
+def _low_precision_matmul_bwd(dtype, residuals, g):
+    """dx = g w^T and dw = x^T g with g rounded to `dtype`, as autocast's backward computes them:
+    left to autodiff the float32 cotangent would make both float32 products, at float32 speed."""
+    xc, wc, x_like, w_like = residuals
+    gc = g.astype(dtype)
+    dx = jax.lax.dot_general(gc, wc, (((gc.ndim - 1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+    rows = tuple(range(gc.ndim - 1))
+    dw = jax.lax.dot_general(xc, gc, ((rows, rows), ((), ())), preferred_element_type=jnp.float32)
+    return dx.astype(x_like.dtype), dw.astype(w_like.dtype)
+
+
+_low_precision_matmul.defvjp(_low_precision_matmul_fwd, _low_precision_matmul_bwd)
 
 
 class Dense(nn.Module):
