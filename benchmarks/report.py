@@ -37,6 +37,8 @@ SECTIONS = [
     ("sharded_loss.json", "Sharded similarity + loss: per-device memory on 1 and 8 devices, and the method's step cost",
      "sharded_loss.md"),
     ("train_step.json", "Train step: ours against a PyTorch peer", "train_step.md"),
+    ("train_step_jax0.10.json", "Train step on jax 0.10.2", "train_step_jax0.10.md",
+     "python -m benchmarks.train_step --settings vit_b32 --rounds 1 --out benchmarks/results/train_step_jax0.10.json  # Python 3.11"),
     ("train_memory.json", "Train-step memory per clip, with and without remat", "train_memory.md"),
     ("train_memory_h200.json", "Train-step memory on an H200, before the remat fix", "train_memory_h200.md",
      "python -m benchmarks.train_memory --out benchmarks/results/train_memory_h200.json  # on an H200"),

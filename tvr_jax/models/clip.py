@@ -20,11 +20,12 @@ layout; `remat_policy` says what a block keeps). Checkpoints store the per-layer
 `clip_weights.stack_layers` / `unstack_layers` convert between the two.
 
 Mixed precision (`dtype="bfloat16"`) is PyTorch autocast's policy: every matrix product takes
-bfloat16 inputs and accumulates and returns float32 (`matmul`, `Dense`); the residual stream,
-LayerNorm, softmax, activations and biases stay float32. Rounding every activation to bfloat16
-(flax's `nn.Dense(dtype=...)` policy) made the ViT-B/32 step slower in bfloat16 than in
-float32 on CPUs (benchmarks/notes/bf16_step.md): XLA rounds after every elementwise op, and
-the weight gradients, products of bfloat16 outputs, leave the fast matmul library.
+bfloat16 inputs, its two backward products the cotangent in bfloat16 too, and each accumulates
+and returns float32 (`matmul`, `Dense`); the residual stream, LayerNorm, softmax, activations
+and biases stay float32. Rounding every activation to bfloat16 instead (flax's
+`nn.Dense(dtype=...)` policy) made the ViT-B/32 step three times slower in bfloat16 than in
+float32 on a CPU (benchmarks/notes/bf16_step.md): XLA rounds after every elementwise op, and the
+weight gradients of bfloat16 outputs leave the fast matmul library.
 """
 
 from __future__ import annotations
