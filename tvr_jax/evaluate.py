@@ -41,8 +41,8 @@ class Encoder(NamedTuple):
     inputs: tuple[str, ...]
 
 
-# Batch keys an encoder passes through unchanged, so that they are gathered from every process
-# together with the features, in the same row order.
+# Batch keys `encode` passes through the encoder unchanged (when the batch has them), so that
+# they are gathered from every process together with the features, in the same row order.
 ROW_KEYS = {"videos": ("valid", "video_index"), "captions": ("valid", "video_index", "text_ids")}
 
 
@@ -58,8 +58,8 @@ def compile_encoder(model: RetrievalModel, mesh: Mesh, kind: str) -> Encoder:
     else:
         raise ValueError(f"kind must be 'videos' or 'captions', got {kind!r}")
     in_sharding = sharding.batch_sharding(mesh)
-    encode_batch = lambda p, b: {**{k: v for k, v in fn(p, b).items() if k in keys}, **{k: b[k] for k in ROW_KEYS[kind]}}
-    return Encoder(jax.jit(encode_batch, out_shardings=in_sharding), tuple(dict.fromkeys(inputs + ROW_KEYS[kind])))
+    encode_batch = lambda p, b: {**{k: v for k, v in fn(p, b).items() if k in keys}, **{k: b[k] for k in ROW_KEYS[kind] if k in b}}
+    return Encoder(jax.jit(encode_batch, out_shardings=in_sharding), inputs)
 
 
 def encode(model: RetrievalModel, params: dict, batches: Iterable[dict], mesh: Mesh, kind: str,
@@ -69,10 +69,11 @@ def encode(model: RetrievalModel, params: dict, batches: Iterable[dict], mesh: M
     `compiled`: `compile_encoder(model, mesh, kind)` built once by a caller that encodes repeatedly."""
     step, inputs = compiled or compile_encoder(model, mesh, kind)
     in_sharding = sharding.batch_sharding(mesh)
+    keys = tuple(dict.fromkeys(inputs + ROW_KEYS[kind]))
     chunks: dict[str, list[np.ndarray]] = {}
     for batch in batches:
         out = sharding.gather(step(params, {k: jax.make_array_from_process_local_data(in_sharding, np.asarray(batch[k]))
-                                            for k in inputs}))
+                                            for k in keys}))
         valid = out.pop("valid").astype(bool)
         for k, v in out.items():
             chunks.setdefault(k, []).append(v[valid])
