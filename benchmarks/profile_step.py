@@ -89,7 +89,8 @@ def traced_breakdown(call, compiled, work: str) -> dict:
     wall = time.perf_counter() - t0
     jax.profiler.stop_trace()
     trace = max(glob.glob(f"{work}/**/*.trace.json.gz", recursive=True), key=os.path.getmtime)
-    return {**breakdown(trace, hlo_ops(compiled.as_text())), "wall_s": wall, "ops": hlo_ops(compiled.as_text())}
+    ops = hlo_ops(compiled.as_text())
+    return {**breakdown(trace, ops), "wall_s": wall, "ops": ops}
 
 
 def main() -> None:
