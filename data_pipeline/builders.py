@@ -83,7 +83,16 @@ class VideoTextBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def _split_generators(self, dl_manager):
         if self._examples is None:
             raise ValueError(f"the {self.name} builder writes what `tvr-jax prepare --dataset {self.name}` decodes; run that")
-        return {split: self._generate_examples(source) for split, source in self._examples.items()}
+        # A Beam transform (`beam_prepare.SplitExamples`) goes to TFDS's Beam writer as it is.
+        return {split: source if hasattr(source, "expand") else self._generate_examples(source)
+                for split, source in self._examples.items()}
+
+    # `prepare` shows its own progress; TFDS's banners before and after would repeat it.
+    def _log_download_bytes(self) -> None:
+        pass
+
+    def _log_download_done(self) -> None:
+        pass
 
     def _generate_examples(self, source: ExampleSource):
         yield from source()
@@ -111,11 +120,22 @@ class Activitynet(VideoTextBuilder, skip_registration=True):
     DESCRIPTION = "ActivityNet Captions, paragraph queries; val = val_1."
 
 
+class Webvid(VideoTextBuilder, skip_registration=True):
+    name = "webvid"
+    DESCRIPTION = "WebVid-2M or -10M: train CSV as 'train', val CSV as 'test'; the name column as captions."
+
+
+class Custom(VideoTextBuilder, skip_registration=True):
+    name = "custom"
+    DESCRIPTION = "Your own videos: one CSV / JSON Lines file of (video, caption, split, video_id) rows, every caption a query."
+
+
 class Synthetic(VideoTextBuilder, skip_registration=True):
     name = "synthetic"
     DESCRIPTION = "tvr-jax's generated set of three-shot videos with one-word siblings (MSR-VTT format; see docs/synthetic.md)."
 
 
-BUILDERS: dict[str, type[VideoTextBuilder]] = {b.name: b for b in (Msrvtt, Msvd, Didemo, Activitynet, Synthetic)}
+BUILDERS: dict[str, type[VideoTextBuilder]] = {b.name: b for b in (Msrvtt, Msvd, Didemo, Activitynet, Webvid, Custom, Synthetic)}
 # Which annotation format each set is read with.
-ANNOTATION_FORMAT = {"msrvtt": "msrvtt", "msvd": "msvd", "didemo": "didemo", "activitynet": "activitynet", "synthetic": "msrvtt"}
+ANNOTATION_FORMAT = {"msrvtt": "msrvtt", "msvd": "msvd", "didemo": "didemo", "activitynet": "activitynet",
+                     "webvid": "webvid", "custom": "custom", "synthetic": "msrvtt"}

@@ -106,7 +106,11 @@ class VideoTextInput:
         if "splits" not in self.metadata or "query_mode" not in self.metadata:
             raise ValueError(f"{dataset_dir}: metadata.json lacks 'splits'/'query_mode'; it was not written by data_pipeline.prepare, prepare it again")
         if config.split not in self.metadata["splits"]:
-            raise ValueError(f"{dataset_dir} has no split {config.split!r}; it has {sorted(self.metadata['splits'])}")
+            split, have = config.split, sorted(self.metadata["splits"])
+            hint = (f"; to evaluate your own videos, give some rows split '{split}' in the annotation file and prepare "
+                    "again with --rebuild" if self.metadata.get("dataset") == "custom" else "")
+            raise ValueError(f"{dataset_dir} has no split {split!r}; it has {have}: use one of those (eval and export: "
+                             f"--config.eval.split / --split) or prepare the set with a {split!r} split{hint}")
         self.query_mode = self.metadata["query_mode"]
         self.config = config = dataclasses.replace(
             config,

@@ -8,10 +8,11 @@ Steps, each resumable:
 3. Decode every video once with decord, in `workers` processes, into
    `OUT/_work/<set>/frames/<video>.npz` (written atomically; a rerun keeps finished ones and
    retries failed ones). A missing, empty, truncated or undecodable video is left out and
-   reported; a decoder crash is traced to its file and reported as such.
+   reported; a decoder that crashes or hangs past the time limit costs its own video only
+   (`decoder.py`).
 4. Tokenise captions and compute word weights (`word_weights.py`) with the tagger: spaCy's
-   `en_core_web_md` for the paper's sets, like the release (docs/method.md section 6.1); the
-   run stops before decoding anything when spaCy or the model is missing, unless the fallback
+   `en_core_web_md` for every set but the synthetic one, like the release (docs/method.md
+   section 6.1); the run stops before decoding anything when spaCy or the model is missing, unless the fallback
    tagger is asked for explicitly.
 5. Write the TFDS dataset `OUT/<set>/1.0.0/` (TFDS writes into a temporary folder and
    renames it when complete, so a dataset folder is either whole or absent), then drop the
@@ -23,26 +24,24 @@ A split left with no video is an error (raised after the report is written).
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import hashlib
 import json
-import multiprocessing
 import os
 import re
 import shutil
 import time
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
 from data_pipeline import annotations as annotations_lib
+from data_pipeline import decoder as decoder_lib
 from data_pipeline import video as video_lib
 from data_pipeline import word_weights
 from data_pipeline.tokenizer import default_tokenizer
 
 REPORT_FILE = "prepare_report.json"
-DATASETS = ("msrvtt", "msvd", "didemo", "activitynet", "synthetic")
-PAPER_DATASETS = ("msrvtt", "msvd", "didemo", "activitynet")
+DATASETS = ("msrvtt", "msvd", "didemo", "activitynet", "webvid", "custom", "synthetic")
 
 
 class PrepareError(ValueError):
@@ -59,10 +58,17 @@ def prepare(dataset: str, out_dir: str, videos_dir: str | None = None, annotatio
             fps: float = 1.0, max_frames: int | None = None, short_side: int | None = 224, workers: int | None = None,
             jpeg_quality: int = 90, tagger: str | None = None, spacy_model: str = word_weights.SPACY_MODEL,
             synthetic_scale: int = 1, synthetic_seed: int = 0, rebuild: bool = False, keep_work: bool = False,
-            progress: bool = True) -> dict[str, Any]:
+            decode_timeout: float | None = decoder_lib.DEFAULT_TIMEOUT_S, beam_runner: str | None = None,
+            beam_options: Sequence[str] = (), progress: bool = True) -> dict[str, Any]:
     """Prepare `dataset` into `out_dir`; returns its report entry (also in prepare_report.json).
 
+    annotations_dir: the folder of the set's annotation files; for "custom", the CSV or JSON Lines
+    file itself (`annotations.load_custom`).
     tagger: "spacy" (with `spacy_model`) or "fallback"; None: `default_tagger(dataset)`.
+    decode_timeout: seconds one video may take to decode (0 or None: no limit); a video over it
+    is reported as failed ("timeout") and its decoding process replaced (`decoder.py`).
+    beam_runner: run decoding, tagging and writing as Apache Beam pipelines on this runner
+    (`beam_prepare.py`), with `beam_options` ("KEY=VALUE"); None: the local process pool.
     """
     started = time.time()
     if dataset not in DATASETS:
@@ -72,6 +78,7 @@ def prepare(dataset: str, out_dir: str, videos_dir: str | None = None, annotatio
     if not 1 <= jpeg_quality <= 100:
         raise ValueError(f"jpeg_quality must be in 1..100, got {jpeg_quality}")
     tagger_spec = tagger_spec_for(dataset, tagger, spacy_model)
+    pipeline_options = _beam_options(beam_runner, beam_options) if beam_runner else None
     workers = workers or os.cpu_count() or 1
     os.makedirs(out_dir, exist_ok=True)
     params = {"fps": float(fps), "max_frames": max_frames, "short_side": short_side, "jpeg_quality": jpeg_quality}
@@ -110,22 +117,34 @@ def prepare(dataset: str, out_dir: str, videos_dir: str | None = None, annotatio
     from data_pipeline.builders import ANNOTATION_FORMAT
 
     ann = annotations_lib.load_annotations(ANNOTATION_FORMAT[dataset], annotations_dir)
-    file_index = annotations_lib.index_video_files(videos_dir)
     work_dir = os.path.join(out_dir, "_work", dataset)
     cache_dir = _prepare_cache_dir(work_dir, params)
 
-    # Unique videos over all splits (a video listed in two splits is decoded once).
+    # Find each video's file and decode it once (a video listed in two splits is decoded once);
+    # a video already in the decode cache is kept.
+    beam_counters: dict[str, int] = {}
+    decode_started = time.time()
+    if pipeline_options is None:
+        file_index = annotations_lib.index_video_files(videos_dir, ann.sidecar_field)
+        located = {v.video_id: annotations_lib.find_video_file(file_index, v) for vs in ann.splits.values() for v in vs}
+        todo = {vid: (path, cache_path(cache_dir, vid)) for vid, path in located.items()
+                if path is not None and not os.path.isfile(cache_path(cache_dir, vid))}
+        decode_results = decoder_lib.decode_all(todo, params, workers, timeout=decode_timeout, progress=progress)
+        reused = sum(1 for path in located.values() if path is not None) - len(todo)
+    else:
+        from data_pipeline import beam_prepare
+
+        located, statuses, beam_counters = beam_prepare.locate_and_decode(
+            [v for vs in ann.splits.values() for v in vs], videos_dir, ann.sidecar_field, cache_dir, params,
+            decode_timeout, pipeline_options, work_dir)
+        reused = sum(1 for r in statuses if r.get("cached"))
+        decode_results = [r for r in statuses if not r.get("cached")]
+    tasks = {vid: (path, cache_path(cache_dir, vid)) for vid, path in located.items() if path is not None}
     failures: list[dict] = []
-    tasks: dict[str, tuple[str, str]] = {}
     for split, videos in ann.splits.items():
         for v in videos:
-            path = annotations_lib.find_video_file(file_index, v)
-            if path is None:
-                failures.append(_failure(split, v.video_id, None, "missing", f"no file named {' or '.join(v.file_names)}.* under {videos_dir}"))
-            else:
-                tasks[v.video_id] = (path, _cache_path(cache_dir, v.video_id))
-    todo = {vid: t for vid, t in tasks.items() if not os.path.isfile(t[1])}
-    decode_results = _decode_all(todo, params, workers, progress)
+            if located[v.video_id] is None:
+                failures.append(_failure(split, v.video_id, None, "missing", annotations_lib.missing_file_detail(v, videos_dir)))
     failed = {r["video_id"]: r for r in decode_results if not r["ok"]}
     for split, videos in ann.splits.items():
         for v in videos:
@@ -144,10 +163,12 @@ def prepare(dataset: str, out_dir: str, videos_dir: str | None = None, annotatio
             for split in ann.splits
         },
         "decoded_this_run": sum(1 for r in decode_results if r["ok"]),
-        "reused_from_cache": len(tasks) - len(todo),
+        "reused_from_cache": reused,
         "failures": failures,
         "annotation_problems": list(ann.problems),
         "synthetic": synthetic_meta,
+        "stage_seconds": {"decode": round(time.time() - decode_started, 2)},
+        "runner": "local" if pipeline_options is None else {"beam": _describe_beam(pipeline_options), "counters": beam_counters},
     }
     empty = [s for s, vids in prepared.items() if not vids]
     if empty:
@@ -167,13 +188,22 @@ def prepare(dataset: str, out_dir: str, videos_dir: str | None = None, annotatio
     }
     sources = {}
     for split, videos in prepared.items():
-        texts = _text_features(videos, tagger_obj)
         metadata["splits"][split] = {
             "video_ids": [v.video_id for v in videos], "num_captions": [len(v.captions) for v in videos],
             "num_frames": [],
         }
-        sources[split] = _example_source(videos, texts, tasks, metadata["splits"][split]["num_frames"])
-    _build_tfds(dataset, out_dir, sources, metadata)
+        if pipeline_options is None:
+            texts = _text_features(videos, tagger_obj, progress, split)
+            sources[split] = _example_source(videos, texts, tasks, metadata["splits"][split]["num_frames"], progress, split)
+        else:
+            from data_pipeline import beam_prepare
+
+            metadata["splits"][split]["num_frames"] = [video_lib.cached_num_frames(tasks[v.video_id][1]) for v in videos]
+            sources[split] = beam_prepare.SplitExamples(
+                [(example_key(i), v, tasks[v.video_id][1]) for i, v in enumerate(videos)], tagger_spec)
+    write_started = time.time()
+    _build_tfds(dataset, out_dir, sources, metadata, pipeline_options)
+    report["stage_seconds"]["tag_tokenise_write"] = round(time.time() - write_started, 2)
     if not keep_work:
         shutil.rmtree(work_dir, ignore_errors=True)
     report["status"] = "prepared"
@@ -185,10 +215,11 @@ def prepare(dataset: str, out_dir: str, videos_dir: str | None = None, annotatio
 # ----------------------------------------------------------------------------- tagger
 
 def default_tagger(dataset: str) -> str:
-    """spaCy for the paper's sets, like the release; the fallback for the synthetic set, whose
+    """spaCy for every set of real captions (the paper's sets, like the release; WebVid and your
+    own videos, whose captions are as free as theirs); the fallback for the synthetic set, whose
     captions are generated from a small template vocabulary (no paper tagging to match there),
     so that the demo runs with nothing beyond the base install."""
-    return "spacy" if dataset in PAPER_DATASETS else word_weights.FALLBACK
+    return word_weights.FALLBACK if dataset == "synthetic" else "spacy"
 
 
 def tagger_spec_for(dataset: str, tagger: str | None, spacy_model: str = word_weights.SPACY_MODEL) -> str:
@@ -248,114 +279,88 @@ def _prepare_cache_dir(work_dir: str, params: dict) -> str:
     return cache_dir
 
 
-def _cache_path(cache_dir: str, video_id: str) -> str:
+def cache_path(cache_dir: str, video_id: str) -> str:
     safe = re.sub(r"[^A-Za-z0-9._@-]", "_", video_id)
     if safe != video_id or len(safe) > 150:  # keep distinct ids distinct after sanitising
         safe = f"{safe[:120]}-{hashlib.sha1(video_id.encode()).hexdigest()[:12]}"
     return os.path.join(cache_dir, f"{safe}.npz")
 
 
-def _decode_all(todo: dict[str, tuple[str, str]], params: dict, workers: int, progress: bool,
-                decode_fn=video_lib.decode_to_cache) -> list[dict]:
-    """Decode `todo` in `workers` processes, at most `workers` in flight at a time.
-
-    Keeping in-flight work to one video per process means that when a decoder crashes the
-    process (a segfault in ffmpeg on a damaged file), the suspects are few: each is retried
-    alone, and the one that kills its process again is reported as "crashed".
-    """
-    from tqdm import tqdm
-
-    if not todo:
-        return []
-    # spawn, not fork: the parent may hold TensorFlow's threads, which fork does not survive.
-    context = multiprocessing.get_context("spawn")
-    args = (params["fps"], params["max_frames"], params["short_side"], params["jpeg_quality"])
-    results: list[dict] = []
-    pending = list(todo.items())[::-1]
-    suspects: list[tuple[str, tuple[str, str]]] = []
-    bar = tqdm(total=len(todo), desc="decoding videos", unit="video", disable=not progress)
-    executor = cf.ProcessPoolExecutor(max_workers=workers, mp_context=context)
-    try:  # a pool that cannot start at all is a set-up problem, not 10,000 damaged videos
-        executor.submit(os.getpid).result()
-    except cf.process.BrokenProcessPool:
-        executor.shutdown(wait=False)
-        bar.close()
-        raise RuntimeError(
-            "decoder worker processes could not start; when calling data_pipeline.prepare from a script, "
-            "call it under `if __name__ == '__main__':` (worker processes are spawned and import the main module)"
-        ) from None
-    in_flight: dict[cf.Future, tuple[str, tuple[str, str]]] = {}
-    try:
-        while pending or in_flight:
-            while pending and len(in_flight) < workers:
-                vid, (path, cache) = item = pending.pop()
-                in_flight[executor.submit(decode_fn, vid, path, cache, *args)] = item
-            done, _ = cf.wait(in_flight, return_when=cf.FIRST_COMPLETED)
-            broken = False
-            for future in done:
-                item = in_flight.pop(future)
-                try:
-                    results.append(future.result())
-                    bar.update(1)
-                except cf.process.BrokenProcessPool:
-                    broken = True
-                    suspects.append(item)
-            if broken:
-                suspects.extend(in_flight.values())
-                in_flight.clear()
-                executor.shutdown(wait=False, cancel_futures=True)
-                executor = cf.ProcessPoolExecutor(max_workers=workers, mp_context=context)
-        for vid, (path, cache) in suspects:  # alone, so a crash names its own file
-            with cf.ProcessPoolExecutor(max_workers=1, mp_context=context) as single:
-                try:
-                    results.append(single.submit(decode_fn, vid, path, cache, *args).result())
-                except cf.process.BrokenProcessPool:
-                    results.append({"video_id": vid, "path": path, "ok": False, "reason": "crashed", "detail": "the decoder process died"})
-            bar.update(1)
-    finally:
-        executor.shutdown(wait=True, cancel_futures=True)
-        bar.close()
-    return results
-
-
 # ----------------------------------------------------------------------------- text
 
-def _text_features(videos, tagger) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per video: (ids int32 (n, 77), weights uint8 (n, 77)) of its captions, tagged in one batch."""
+def _text_features(videos, tagger, progress: bool = False, split: str = "") -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per video: (ids int32 (n, 77), weights uint8 (n, 77)) of its captions, tagged in batches."""
+    from tqdm import tqdm
+
     tokenizer = default_tokenizer()
-    flat = [tokenizer.tokenize_caption(c, 77) for v in videos for c in v.captions]
-    weights = word_weights.caption_weights(flat, tagger)
+    captions = [c for v in videos for c in v.captions]
+    flat, weights = [], []
+    with tqdm(total=len(captions), desc=f"tokenising and tagging {split} captions", unit="caption",
+              disable=not progress) as bar:
+        for start in range(0, len(captions), _TAG_BATCH):
+            chunk = [tokenizer.tokenize_caption(c, 77) for c in captions[start:start + _TAG_BATCH]]
+            flat += chunk
+            weights += word_weights.caption_weights(chunk, tagger)
+            bar.update(len(chunk))
     out, k = [], 0
     for v in videos:
         n = len(v.captions)
-        ids = np.zeros((n, 77), np.int32)
-        w = np.zeros((n, 77), np.uint8)
-        for j in range(n):
-            ids[j, : len(flat[k].ids)] = flat[k].ids
-            w[j, : len(weights[k])] = weights[k]
-            k += 1
-        out.append((ids, w))
+        out.append(_pack(flat[k:k + n], weights[k:k + n]))
+        k += n
     return out
+
+
+_TAG_BATCH = 2048  # captions per tagger call: large enough for spaCy's batching, small enough for a live bar
+
+
+def caption_features(captions, tokenizer, tagger) -> tuple[np.ndarray, np.ndarray]:
+    """One video's captions as (ids int32 (n, 77), weights uint8 (n, 77)); the Beam path's form of `_text_features`."""
+    flat = [tokenizer.tokenize_caption(c, 77) for c in captions]
+    return _pack(flat, word_weights.caption_weights(flat, tagger))
+
+
+def _pack(flat, weights) -> tuple[np.ndarray, np.ndarray]:
+    ids = np.zeros((len(flat), 77), np.int32)
+    w = np.zeros((len(flat), 77), np.uint8)
+    for j, (caption, weight) in enumerate(zip(flat, weights)):
+        ids[j, : len(caption.ids)] = caption.ids
+        w[j, : len(weight)] = weight
+    return ids, w
 
 
 # ----------------------------------------------------------------------------- TFDS
 
-def _example_source(videos, texts, tasks, num_frames_out: list[int]):
+def example_key(index: int) -> int:
+    """The key of a split's index-th video. With shuffling disabled TFDS's Beam writer orders and
+    shards examples by their key, which must then be an integer: the annotation order."""
+    return index
+
+
+def example(video, ids: np.ndarray, weights: np.ndarray, cache_path: str) -> dict:
+    """One TFDS example (builders.features()) from a video's annotation, caption features and decode cache."""
+    jpegs, times, meta = video_lib.read_cache(cache_path)
+    return {
+        "video_id": video.video_id, "duration": meta["duration"], "num_frames": len(jpegs), "frame_times": times,
+        "frames": jpegs, "source_fps": meta["source_fps"], "source_num_frames": meta["source_num_frames"],
+        "source_height": meta["source_height"], "source_width": meta["source_width"],
+        "captions": list(video.captions), "sentences": list(video.sentences), "caption_ids": ids, "caption_weights": weights,
+    }
+
+
+def _example_source(videos, texts, tasks, num_frames_out: list[int], progress: bool = False, split: str = ""):
     def generate():
+        from tqdm import tqdm
+
         num_frames_out.clear()
-        for v, (ids, weights) in zip(videos, texts):
-            jpegs, times, meta = video_lib.read_cache(tasks[v.video_id][1])
-            num_frames_out.append(len(jpegs))
-            yield v.video_id, {
-                "video_id": v.video_id, "duration": meta["duration"], "num_frames": len(jpegs), "frame_times": times,
-                "frames": jpegs, "source_fps": meta["source_fps"], "source_num_frames": meta["source_num_frames"],
-                "source_height": meta["source_height"], "source_width": meta["source_width"],
-                "captions": list(v.captions), "sentences": list(v.sentences), "caption_ids": ids, "caption_weights": weights,
-            }
+        for i, (v, (ids, weights)) in enumerate(tqdm(list(zip(videos, texts)), desc=f"writing {split} examples",
+                                                     unit="video", disable=not progress)):
+            record = example(v, ids, weights, tasks[v.video_id][1])
+            num_frames_out.append(record["num_frames"])
+            yield example_key(i), record
     return generate
 
 
-def _build_tfds(dataset: str, out_dir: str, sources, metadata: dict) -> None:
+def _build_tfds(dataset: str, out_dir: str, sources, metadata: dict, pipeline_options=None) -> None:
     import tensorflow_datasets as tfds
 
     from data_pipeline.builders import BUILDERS
@@ -366,7 +371,30 @@ def _build_tfds(dataset: str, out_dir: str, sources, metadata: dict) -> None:
             if name.startswith("incomplete."):
                 shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
     builder = BUILDERS[dataset](data_dir=out_dir, examples=sources, metadata=metadata)
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS))
+    config = tfds.download.DownloadConfig(download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS,
+                                          beam_options=pipeline_options)
+    # Our own bars say what is written; TFDS's per-split bars and banners would repeat it.
+    shown = tfds.core.utils.tqdm_utils._active
+    tfds.display_progress_bar(False)
+    try:
+        builder.download_and_prepare(download_config=config)
+    finally:
+        tfds.display_progress_bar(shown)
+
+
+def _beam_options(runner: str, options: Sequence[str]):
+    try:
+        from data_pipeline import beam_prepare
+    except ImportError as e:
+        raise ImportError(f"--beam-runner needs Apache Beam ({e}); install it with `pip install -e '.[beam]'` "
+                          "or `pip install 'tvr-jax[beam]'`") from None
+    return beam_prepare.pipeline_options(runner, options)
+
+
+def _describe_beam(options) -> dict:
+    from data_pipeline import beam_prepare
+
+    return beam_prepare.describe(options)
 
 
 # ----------------------------------------------------------------------------- report
@@ -404,12 +432,19 @@ def summary(report: dict, max_failures: int = 20) -> str:
         return lines[0]
     lines += [f"  query mode {report['query_mode']}, tagger {report['tagger']}, frames {report['params']}"]
     spec = word_weights.tagger_spec_of(report)
-    if report["dataset"] in PAPER_DATASETS and spec != word_weights.PAPER_TAGGER:
+    if report["dataset"] != "synthetic" and spec != word_weights.PAPER_TAGGER:  # the configs expect the paper's
         lines.append(f"  note: tagger {spec!r} is not the paper's {word_weights.PAPER_TAGGER!r}; word weights differ "
                      f"from the release's (train with --config.data.tagger={spec} to silence its warning)")
     for split, c in report["splits"].items():
         lines.append(f"  {split:6s} {c['prepared']:6d} / {c['videos_in_annotations']} videos prepared, {c['failed']} failed, {c['captions']} captions")
+    if report["dataset"] == "custom" and "test" not in report["splits"]:
+        lines.append("  note: no 'test' split, the one `tvr-jax eval` scores: training works, evaluation needs rows with "
+                     "split 'test' in the annotation file (then prepare again with --rebuild)")
     lines.append(f"  decoded this run {report['decoded_this_run']}, reused from an earlier run {report['reused_from_cache']}")
+    runner = report.get("runner", "local")
+    if isinstance(runner, dict):
+        counters = ", ".join(f"{k} {v}" for k, v in sorted(runner["counters"].items())) or "none kept by this runner"
+        lines.append(f"  Beam runner {runner['beam'].get('runner')}; decoding counters: {counters}")
     failures = report["failures"]
     if failures:
         by_reason: dict[str, int] = {}

@@ -27,6 +27,8 @@ FIXES = {
     "no_frames": "the container holds no decodable video frames; re-download or re-encode it with ffmpeg",
     "decode_failed": "decoding stopped part way (truncated or damaged stream); re-download it or re-encode it with ffmpeg",
     "crashed": "the decoder process died on this file; re-encode it with ffmpeg (`ffmpeg -i IN -c:v libx264 OUT.mp4`)",
+    "timeout": "decoding took longer than the time limit (a hung decoder or a very long video); check it with ffprobe and "
+               "re-encode it, or raise `tvr-jax prepare --decode-timeout` for very long videos",
 }
 
 
@@ -185,6 +187,12 @@ def decode_to_cache(video_id: str, path: str, cache_path: str, fps: float, max_f
                  meta=np.frombuffer(json.dumps(meta).encode(), np.uint8))
     os.replace(tmp, cache_path)
     return {"video_id": video_id, "path": path, "ok": True, "num_frames": len(jpegs)}
+
+
+def cached_num_frames(cache_path: str) -> int:
+    """How many frames a cache file written by decode_to_cache holds (reads its offsets only)."""
+    with np.load(cache_path, allow_pickle=False) as data:
+        return len(data["offsets"]) - 1
 
 
 def read_cache(cache_path: str) -> tuple[list[bytes], np.ndarray, dict]:

@@ -3,12 +3,14 @@
 import json
 import os
 import sys
+import time
 import types
 
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from data_pipeline import decoder
 from data_pipeline import prepare as prep
 from data_pipeline import video
 from data_pipeline.tokenizer import default_tokenizer
@@ -126,10 +128,49 @@ def test_a_decoder_crash_is_traced_to_its_video(source, tmp_path):
     videos, _ = source
     todo = {v: (os.path.join(videos, f"{v}.mp4"), str(tmp_path / f"{v}.npz")) for v in ("video0", "video1", "video2", "video8")}
     params = {"fps": 1.0, "max_frames": None, "short_side": 224, "jpeg_quality": 90}
-    results = {r["video_id"]: r for r in prep._decode_all(todo, params, workers=2, progress=False, decode_fn=crash_on_video2)}
+    results = {r["video_id"]: r for r in decoder.decode_all(todo, params, workers=2, progress=False, decode_fn=crash_on_video2)}
     assert set(results) == set(todo)
     assert results["video2"]["reason"] == "crashed" and not results["video2"]["ok"]
     assert all(results[v]["ok"] for v in ("video0", "video1", "video8"))
+
+
+def hang_on_video1(video_id, path, cache_path, *args):
+    """Decode like the real worker, but never return on video1, as a decoder stuck on a broken stream."""
+    if video_id == "video1":
+        time.sleep(3600)
+    return video.decode_to_cache(video_id, path, cache_path, *args)
+
+
+def fail_on_video8(video_id, path, cache_path, *args):
+    raise OSError(28, "No space left on device")
+
+
+def test_a_hung_decoder_is_stopped_reported_and_replaced(source, tmp_path):
+    videos, _ = source
+    todo = {v: (os.path.join(videos, f"{v}.mp4"), str(tmp_path / f"{v}.npz")) for v in ("video0", "video1", "video2", "video8", "video9")}
+    params = {"fps": 1.0, "max_frames": None, "short_side": 224, "jpeg_quality": 90}
+    started = time.monotonic()
+    results = {r["video_id"]: r for r in decoder.decode_all(todo, params, workers=2, timeout=3.0, progress=False,
+                                                            decode_fn=hang_on_video1)}
+    assert time.monotonic() - started < 60
+    assert set(results) == set(todo)
+    assert results["video1"]["reason"] == "timeout" and "3 s" in results["video1"]["detail"]
+    assert all(results[v]["ok"] and os.path.isfile(todo[v][1]) for v in ("video0", "video2", "video8", "video9"))
+    # The synchronous form (one process per Beam worker) replaces its process too and goes on.
+    one = decoder.DecoderProcess(hang_on_video1, tuple(params.values()), timeout=2.0)
+    try:
+        assert one.decode("video1", *todo["video1"])["reason"] == "timeout" and one.replaced == 1
+        assert one.decode("video0", todo["video0"][0], str(tmp_path / "again.npz"))["ok"]
+    finally:
+        one.close()
+
+
+def test_an_error_that_is_not_about_the_video_stops_the_run_naming_it(source, tmp_path):
+    videos, _ = source
+    todo = {"video8": (os.path.join(videos, "video8.mp4"), str(tmp_path / "video8.npz"))}
+    params = {"fps": 1.0, "max_frames": None, "short_side": 224, "jpeg_quality": 90}
+    with pytest.raises(RuntimeError, match="decoding video8 .*No space left on device"):
+        decoder.decode_all(todo, params, workers=1, progress=False, decode_fn=fail_on_video8)
 
 
 def test_cli_prepare_prints_summary_and_reports_errors(source, tmp_path, capsys):
