@@ -33,6 +33,7 @@ OUT = os.path.join(ROOT, "BENCHMARKS.md")
 # (results JSON, heading, notes file[, command used when the JSON is missing; default `python -m benchmarks.<stem>`]).
 SECTIONS = [
     ("input_pipeline.json", "Input pipeline: prepared dataset against decoding on the fly", "input_pipeline.md"),
+    ("prepare_beam.json", "Data preparation: the local pool against Apache Beam", "prepare_beam.md"),
     ("similarity_memory.json", "DMAE similarity: memory bounded by the block loop", "similarity_memory.md"),
     ("sharded_loss.json", "Sharded similarity + loss: per-device memory on 1 and 8 devices, and the method's step cost",
      "sharded_loss.md"),
@@ -56,6 +57,10 @@ SECTIONS = [
     ("eval_step.json", "Evaluation: ours against a PyTorch peer", "eval_step.md"),
     ("tagger_agreement.json", "Word weights: the fallback tagger against spaCy", "tagger_agreement.md"),
     ("eval.json", "Evaluation: whole-test-set scoring and search", "eval.md"),
+    ("search_choose.json", "Two-stage search: what stands for a video in the first stage", "search_ann.md",
+     "python -m benchmarks.search_ann choose --base INDEX --videos 20000 --queries 200 --nprobe 8 16 32 64 128"),
+    ("search_scale.json", "Two-stage search at 100k and 1M videos, beside the exhaustive path", "search_scale.md",
+     "python -m benchmarks.search_ann scale --base INDEX --videos 100000 1000000 --queries 200"),
     ("gpu_check.json", "GPU check", "gpu_check.md", "bash benchmarks/gpu_check.sh"),
 ]
 

@@ -47,14 +47,31 @@ def test_prepare_train_resume_eval(data, tiny_config, tmp_path, capsys):
     manifest, video_ids, arrays = search.load_index(index)
     assert manifest["num_videos"] == len(video_ids) == arrays["frames"].shape[0] == synthetic.TEST_VIDEOS
     query = "at first there is a big red circle and then a small blue square"
-    chunked = search.search(index, query, top_k=5, chunk=16)
-    whole = search.search(index, query, top_k=5, chunk=4096)
+    engine = search.Searcher(index)
+    chunked = [(h.video_id, h.score) for h in engine.search(query, top_k=5, exact=True, chunk=16).hits]
+    whole = [(h.video_id, h.score) for h in engine.search(query, top_k=5, exact=True, chunk=4096).hits]
     assert [v for v, _ in chunked] == [v for v, _ in whole] and len(chunked) == 5
     np.testing.assert_allclose([s for _, s in chunked], [s for _, s in whole], rtol=1e-5, atol=1e-6)
     assert all(a >= b for (_, a), (_, b) in zip(chunked, chunked[1:]))
+    two_stage = engine.search(query, top_k=5, candidates=manifest["num_videos"])
+    assert two_stage.path == "two-stage" and [(h.video_id) for h in two_stage.hits] == [v for v, _ in chunked]
+    assert all(os.path.isfile(os.path.join(index, h.thumbnail)) for h in two_stage.hits)
     capsys.readouterr()
-    assert cli.main(["search", index, query, "--top-k", "3"]) == 0
-    assert len(capsys.readouterr().out.strip().splitlines()) == 3
+    assert cli.main(["search", index, query, "--top-k", "3", "--candidates", "50"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("two-stage: Flat -> 50 of 120 videos") and len(lines) == 4
+    assert cli.main(["search", index, query, "--top-k", "3", "--exact"]) == 0
+    assert capsys.readouterr().out.startswith("exact: DMAE over all 120 videos")
+    # The same model's features of another split append; the same split again is refused.
+    assert cli.main(["export", "--workdir", work, "--split", "test", "--out", index, "--append"] + tiny) == 2
+    assert "already holds 120 of these videos" in capsys.readouterr().err
+    # Served: the trained model answers through the API.
+    from fastapi.testclient import TestClient
+
+    from tvr_jax import serve
+
+    body = TestClient(serve.create_app(engine)).get("/search", params={"q": query, "k": 3}).json()
+    assert [r["id"] for r in body["results"]] == [v for v, _ in chunked[:3]]
     # A bad override is refused with the field's name.
     assert cli.main(["train", "--workdir", work, "--config.model.temporal=lstm"] + tiny) == 2
     assert "temporal='lstm'" in capsys.readouterr().err

@@ -82,6 +82,7 @@ def _prepare(args: argparse.Namespace) -> int:
         max_frames=args.max_frames, short_side=args.short_side, workers=args.workers, jpeg_quality=args.jpeg_quality,
         tagger=args.tagger, spacy_model=args.spacy_model, synthetic_scale=args.synthetic_scale,
         synthetic_seed=args.synthetic_seed, rebuild=args.rebuild, keep_work=args.keep_work,
+        decode_timeout=args.decode_timeout, beam_runner=args.beam_runner, beam_options=args.beam_option,
     )
     print(prepare.summary(report))
     return 0
@@ -166,18 +167,32 @@ def _export(args: argparse.Namespace) -> int:
     """Token features of a split (videos and captions) into an index folder with a manifest."""
     from tvr_jax import search
 
-    manifest = search.export_index(_config(args), args.workdir, args.out, args.split, args.checkpoint)
-    print(f"exported {manifest['num_videos']} videos and {manifest['num_captions']} captions of "
-          f"{manifest['dataset']}/{manifest['split']} (step {manifest['run']['step']}) to {args.out}")
+    manifest = search.export_index(_config(args), args.workdir, args.out, args.split, args.checkpoint,
+                                   append=args.append, thumbnails=not args.no_thumbnails)
+    shard = manifest["shards"][-1]
+    print(f"{'appended' if args.append else 'exported'} {shard['num_videos']} videos and {shard['num_captions']} captions "
+          f"of {shard['dataset']}/{shard['split']} (step {shard['run_step']}) to {args.out}: {manifest['num_videos']} "
+          f"videos in {len(manifest['shards'])} shard(s), first stage {manifest['ann']['factory']}")
     return 0
 
 
 def _search(args: argparse.Namespace) -> int:
-    """Rank the indexed videos for a free-text query."""
+    """Rank the indexed videos for a free-text query: two-stage by default, every video with --exact."""
     from tvr_jax import search
 
-    for rank, (video_id, score) in enumerate(search.search(args.index, args.query, args.top_k), 1):
-        print(f"{rank:3d}  {score:.4f}  {video_id}")
+    engine = search.Searcher(args.index)
+    result = engine.search(args.query, args.top_k, candidates=args.candidates, exact=args.exact, nprobe=args.nprobe)
+    print(result.describe(engine.num_videos))
+    for rank, hit in enumerate(result.hits, 1):
+        print(f"{rank:3d}  {hit.score:.4f}  {hit.video_id}")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """The index behind a JSON API and a search page (model loaded once)."""
+    from tvr_jax import serve
+
+    serve.run(args.index, host=args.host, port=args.port, candidates=args.candidates)
     return 0
 
 
@@ -214,9 +229,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=_check)
 
     p = sub.add_parser("prepare", help="decode a dataset's videos once into a TFDS dataset (JPEG frames, captions, word weights)")
-    p.add_argument("--dataset", required=True, choices=["msrvtt", "msvd", "didemo", "activitynet", "synthetic"])
+    p.add_argument("--dataset", required=True, choices=["msrvtt", "msvd", "didemo", "activitynet", "webvid", "custom", "synthetic"],
+                   help="a paper set, webvid, custom (your own videos) or synthetic")
     p.add_argument("--videos", help="folder of the set's video files (searched recursively); synthetic: omit to generate the set")
-    p.add_argument("--annotations", help="folder of the set's annotation files (see data_pipeline/annotations.py)")
+    p.add_argument("--annotations", help="folder of the set's annotation files (webvid: the folder of its CSVs); custom: "
+                   "one .csv or .jsonl FILE, a row per caption with video (path under --videos), caption, optional split "
+                   "(train/val/test; empty: train) and video_id (see data_pipeline/annotations.py)")
     p.add_argument("--out", required=True, help="DATA_DIR: receives <dataset>/<version>/ and prepare_report.json")
     p.add_argument("--fps", type=float, default=1.0, help="frames stored per second of video")
     p.add_argument("--max-frames", type=int, default=None, help="cap on stored frames per video (spread uniformly)")
@@ -224,14 +242,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="decoding processes (default: all cores)")
     p.add_argument("--jpeg-quality", type=int, default=90)
     p.add_argument("--tagger", default=None, choices=["spacy", "fallback"],
-                   help="part-of-speech tagger for word weights (docs/method.md section 2.2); default: spacy for the "
-                        "paper's sets, like the release (stops if spaCy or the model is missing), fallback for synthetic")
+                   help="part-of-speech tagger for word weights (docs/method.md section 2.2); default: spacy for real "
+                        "captions (the paper's sets, like the release; webvid, custom), stopping if spaCy or the model is "
+                        "missing; fallback for synthetic")
     p.add_argument("--spacy-model", default="en_core_web_md", choices=["en_core_web_md", "en_core_web_sm", "en_core_web_lg"],
                    help="spaCy model of --tagger spacy (the release's: en_core_web_md)")
     p.add_argument("--synthetic-scale", type=int, default=1, help="synthetic set: multiply its 1,920 train / 120 test videos")
     p.add_argument("--synthetic-seed", type=int, default=0)
     p.add_argument("--rebuild", action="store_true", help="prepare again even if DATA_DIR already holds the set")
     p.add_argument("--keep-work", action="store_true", help="keep the per-video decode cache (DATA_DIR/_work) after success")
+    p.add_argument("--decode-timeout", type=float, default=300.0, metavar="SECONDS",
+                   help="time limit per video: one over it is reported as failed ('timeout') and its decoding "
+                        "process replaced; 0: no limit")
+    p.add_argument("--beam-runner", default=None, metavar="RUNNER",
+                   help="run the preparation as Apache Beam pipelines on RUNNER (DirectRunner, FlinkRunner, "
+                        "DataflowRunner, ...; needs `pip install -e '.[beam]'`); default: local processes")
+    p.add_argument("--beam-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a Beam pipeline option, repeatable: e.g. direct_num_workers=2, "
+                        "direct_running_mode=multi_processing, flink_master=HOST:PORT, project=..., region=...")
     p.set_defaults(fn=_prepare)
 
     p = sub.add_parser("train", help="train from a config; --config.FIELD=VALUE overrides any field")
@@ -255,15 +283,29 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write a split's token features to an index folder (for `search`)")
     _add_config_arguments(p, distributed=True)
     p.add_argument("--split", required=True)
-    p.add_argument("--out", required=True, help="index folder (must not hold an index yet)")
+    p.add_argument("--out", required=True, help="index folder (must not hold an index yet, unless --append)")
     p.add_argument("--checkpoint", type=int, default=None, help="step (default: the one eval reports: the best on validation, else the newest)")
+    p.add_argument("--append", action="store_true", help="add the split's videos to the index in --out (same model; "
+                   "the first stage is extended, not rebuilt)")
+    p.add_argument("--no-thumbnails", action="store_true", help="skip writing each video's middle frame as a JPEG")
     p.set_defaults(fn=_export)
 
     p = sub.add_parser("search", help="rank indexed videos for a free-text query")
     p.add_argument("index", help="folder written by `tvr-jax export`")
     p.add_argument("query")
     p.add_argument("--top-k", type=int, default=10)
+    p.add_argument("--candidates", type=int, default=None,
+                   help="videos the first stage hands to DMAE (default: search.DEFAULT_CANDIDATES)")
+    p.add_argument("--nprobe", type=int, default=None, help="inverted-file lists scanned (default: the index's)")
+    p.add_argument("--exact", action="store_true", help="score every indexed video with DMAE (no first stage)")
     p.set_defaults(fn=_search)
+
+    p = sub.add_parser("serve", help="serve an index: JSON API (/search, /health) and a search page")
+    p.add_argument("index", help="folder written by `tvr-jax export`")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--candidates", type=int, default=None, help="first-stage candidates per query (default: search's)")
+    p.set_defaults(fn=_serve)
 
     p = sub.add_parser("demo", help="synthetic set -> train the tiny model -> evaluate (the main job)")
     p.add_argument("--workdir", default="demo_run", help="receives data/, checkpoints/, metrics.jsonl and eval/")
