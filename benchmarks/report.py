@@ -59,6 +59,8 @@ SECTIONS = [
     ("eval.json", "Evaluation: whole-test-set scoring and search", "eval.md"),
     ("search_choose.json", "Two-stage search: what stands for a video in the first stage", "search_ann.md",
      "python -m benchmarks.search_ann choose --base INDEX --videos 20000 --queries 200 --nprobe 8 16 32 64 128"),
+    ("search_choose_demo.json", "Two-stage search: the same choice under the demo's model", "search_choose_demo.md",
+     "python -m benchmarks.search_ann choose --base INDEX --videos 20000 --queries 200 --nprobe 64 128"),
     ("search_scale.json", "Two-stage search at 100k and 1M videos, beside the exhaustive path", "search_scale.md",
      "python -m benchmarks.search_ann scale --base INDEX --videos 100000 1000000 --queries 200"),
     ("gpu_check.json", "GPU check", "gpu_check.md", "bash benchmarks/gpu_check.sh"),
