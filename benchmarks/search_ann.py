@@ -146,6 +146,8 @@ def first_stage_candidates(variant: str, texts: dict, videos: dict, k: int) -> n
         words = 2 * ann.query_vectors(texts, "att_ti") - texts["t_cls"]
         proxy = 0.25 * (best + texts["t_cls"] @ pooled.T) + 0.5 * (words @ pooled.T)
         return np.argsort(-proxy, axis=1, kind="stable")[:, :k]
+    if variant == MULTI_VECTOR:
+        return multi_vector_candidates(texts, frames, mask, k)
     q = texts["t_cls"] if variant.endswith("/sentence") else ann.query_vectors(texts, "att_ti")
     # every frame indexed; a video's first-stage score is its best frame's
     per_frame = np.einsum("qd,ntd->qnt", q, frames)
@@ -153,8 +155,42 @@ def first_stage_candidates(variant: str, texts: dict, videos: dict, k: int) -> n
     return np.argsort(-per_video, axis=1, kind="stable")[:, :k]
 
 
+MULTI_VECTOR = "frames/each query token's top frames (multi-vector)"
+FRAMES_PER_TOKEN = 256
+
+
+def multi_vector_candidates(texts: dict, frames: np.ndarray, mask: np.ndarray, k: int,
+                            per_token: int = FRAMES_PER_TOKEN) -> np.ndarray:
+    """(Q, k) rows, ColBERT-style: every frame indexed; each query token (the sentence token, weight
+    1/2, and each word, 1/2 its textual-attention weight) retrieves its `per_token` nearest frames,
+    and a video's proxy is the weighted sum over tokens of its best retrieved frame, or the
+    token's cut-off score where none of its frames was retrieved: the t2v maxima of DMAE, read from
+    a frame index (exact here, so only the proxy is measured)."""
+    n, t, d = frames.shape
+    flat, owner, valid = frames.reshape(n * t, d), np.repeat(np.arange(n), t), mask.reshape(-1)
+    omega = np.where(texts["word_mask"], texts["word_weights"], 0.0)
+    alpha = omega / np.maximum(omega.sum(-1, keepdims=True), 1e-9)
+    out = np.empty((len(texts["t_cls"]), k), np.int64)
+    for q in range(len(out)):
+        words = texts["word_mask"][q].astype(bool)
+        tokens = np.concatenate([texts["t_cls"][q][None], texts["words"][q][words]])
+        weights = np.concatenate([[0.5], 0.5 * alpha[q][words]])
+        sims = tokens @ flat.T
+        sims[:, ~valid] = -np.inf
+        top = np.argpartition(-sims, per_token, axis=1)[:, :per_token]
+        top_sims = np.take_along_axis(sims, top, 1)
+        cutoff = top_sims.min(1)
+        proxy = np.full(n, float(weights @ cutoff))
+        for w, rows, vals, c in zip(weights, top, top_sims, cutoff):
+            best = np.full(n, c)
+            np.maximum.at(best, owner[rows], vals)
+            proxy += w * (best - c)
+        out[q] = np.argsort(-proxy, kind="stable")[:k]
+    return out
+
+
 VARIANTS = ("pooled/linearised-DMAE", "pooled/sentence", "pooled-cosine/sentence", "frames/linearised-DMAE",
-            "frames/sentence", "frames+pooled/sentence-max+linearised-DMAE")
+            "frames/sentence", "frames+pooled/sentence-max+linearised-DMAE", MULTI_VECTOR)
 
 
 def choose(args) -> None:
