@@ -160,6 +160,34 @@ def test_killed_run_resumes_exactly(tmp_path, config):
         assert {"step", "loss", "dmae", "tpm", "grad_norm", "clips_per_s"} <= set(x)
 
 
+def _truncate_largest_file(step_dir):
+    files = [os.path.join(root, f) for root, _, names in os.walk(step_dir) for f in names]
+    largest = max(files, key=os.path.getsize)
+    with open(largest, "r+b") as f:
+        f.truncate(os.path.getsize(largest) // 2)
+
+
+def test_a_damaged_newest_checkpoint_is_moved_aside_and_the_run_resumes_from_the_one_before(tmp_path, config, caplog):
+    cfg = config("total_steps=9")
+    mesh = _mesh(1)
+    full = train.train(cfg, str(tmp_path / "full"), make_batches, mesh=mesh)
+    run = tmp_path / "damaged"
+    train.train(cfg, str(run), make_batches, mesh=mesh, stop_after=6)  # checkpoints at steps 3 and 6
+    _truncate_largest_file(run / "checkpoints" / "6")  # a copy cut short, a disk that filled up
+    with caplog.at_level("WARNING", logger="tvr_jax.train"):
+        resumed = train.train(cfg, str(run), make_batches, mesh=mesh)
+    assert any("checkpoint step 6 does not restore" in r.getMessage() and "6.damaged" in r.getMessage()
+               for r in caplog.records)
+    assert (run / "checkpoints" / "6.damaged").is_dir()
+    _assert_tree_close(jax.device_get(resumed.params), jax.device_get(full.params), 1e-6)  # steps 4-9 again, equal
+    # Nothing restores: a clear message naming every step, and no silent start from scratch.
+    for step in ("6", "9"):
+        _truncate_largest_file(run / "checkpoints" / step)
+    with pytest.raises(experiment.CheckpointUnreadable, match=r"step 9: .*step 6: .*move the checkpoints folder away"):
+        train.train(cfg, str(run), make_batches, mesh=mesh)
+    assert {p.name for p in (run / "checkpoints").iterdir()} >= {"6", "9", "6.damaged"}  # nothing moved then
+
+
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, config):
     cfg = config()
 

@@ -201,6 +201,39 @@ def restore_checkpoint(manager, state: TrainState, shardings: TrainState, step: 
     return out["state"], out["data"]
 
 
+class CheckpointUnreadable(RuntimeError):
+    """No checkpoint of a run restores."""
+
+
+def restore_newest_intact(manager, state: TrainState, shardings: TrainState):
+    """(state, data_state, skipped) of the newest checkpoint that restores, for resuming.
+
+    A newer one that does not (a file truncated or removed: a disk filled or a copy cut short)
+    is moved aside to `checkpoints/STEP.damaged`, so that training can write that step again,
+    and listed in `skipped` as (step, reason). When none restores, nothing is moved and
+    `CheckpointUnreadable` names every step and why: never a silent start from scratch.
+    """
+    failures: list[tuple[int, str]] = []
+    for step in sorted(manager.all_steps(), reverse=True):
+        try:
+            state_out, data_state = restore_checkpoint(manager, state, shardings, step)
+        except Exception as e:  # noqa: BLE001 - orbax and TensorStore raise many kinds for a damaged file
+            failures.append((step, f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"))
+            continue
+        if failures:
+            if sharding.is_writer():
+                for bad, _ in failures:
+                    os.replace(os.path.join(manager.directory, str(bad)), os.path.join(manager.directory, f"{bad}.damaged"))
+            sharding.barrier("checkpoints_moved_aside")
+            manager.reload()
+        return state_out, data_state, failures
+    listed = "; ".join(f"step {s}: {why}" for s, why in failures)
+    raise CheckpointUnreadable(
+        f"no checkpoint in {manager.directory} restores ({listed}). If the config changed since they were written, "
+        "train with the config of the run (its config.json); if they are damaged, move the checkpoints folder "
+        "away to start again from scratch")
+
+
 def restore_params(cfg, workdir: str, step: int | None = None, mesh: Mesh | None = None):
     """(model, params, step) of checkpoint `step` (default: the newest) of `workdir`."""
     validate_config(cfg)

@@ -8,6 +8,7 @@ checkpoints) comes from `tvr_jax.experiment`, shared with evaluation and search.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -21,9 +22,9 @@ import optax
 from jax.sharding import Mesh
 
 from data_pipeline.prepare import tagger_warning
-from tvr_jax import evaluate, sharding
+from tvr_jax import evaluate, sharding, workdir_lock
 from tvr_jax.experiment import (TrainState, build_model, checkpoint_manager, create_train_state, dataset_input,
-                                loss_config, restore_checkpoint, save_checkpoint, validate_config)
+                                loss_config, restore_newest_intact, save_checkpoint, validate_config)
 from tvr_jax.models.retrieval import RetrievalConfig, RetrievalModel
 from tvr_jax.objective import LossConfig, sharded_total_loss
 from tvr_jax.optim import make_optimizer
@@ -205,9 +206,15 @@ def train(cfg, workdir: str, make_batches: MakeBatches, *, mesh: Mesh | None = N
     make_batches(data_state or None, model_config) -> (iterator of this host's numpy batches,
     get_data_state): the input pipeline, restartable from a saved position. `stop_after` ends
     the run early after that many steps of this invocation (tests use it to simulate a kill);
-    SIGTERM saves and exits.
+    SIGTERM saves and exits. A second trainer on the same `workdir` stops with
+    `workdir_lock.WorkdirBusy`, naming the first one's host and pid (process 0 of a run holds it).
     """
     validate_config(cfg)
+    with workdir_lock.held(workdir) if sharding.is_writer() else contextlib.nullcontext():
+        return _train(cfg, workdir, make_batches, mesh, stop_after)
+
+
+def _train(cfg, workdir: str, make_batches: MakeBatches, mesh: Mesh | None, stop_after: int | None) -> TrainState:
     if cfg.data_dir:  # word weights from another tagger than data.tagger change the method: say so loudly
         if warning := tagger_warning(cfg.data_dir, cfg.dataset, cfg.data.tagger):
             log.warning(warning)
@@ -223,7 +230,10 @@ def train(cfg, workdir: str, make_batches: MakeBatches, *, mesh: Mesh | None = N
     manager = checkpoint_manager(workdir, cfg.keep_checkpoints)
     data_state = None
     if manager.latest_step() is not None:
-        state, data_state = restore_checkpoint(manager, state, shardings)
+        state, data_state, skipped = restore_newest_intact(manager, state, shardings)
+        for step, why in skipped:
+            log.warning("checkpoint step %d does not restore (%s): moved aside to %s/%d.damaged, resuming from an "
+                        "older one", step, why, manager.directory, step)
         log.info("resumed from step %d", int(state.step))
     step_fn = make_train_step(model, loss_cfg, optimizer, mesh, shardings, cfg.accumulation_steps)
     batches, get_data_state = make_batches(data_state, model.config)
