@@ -2,22 +2,26 @@
 
 The same steps as the local path (`prepare.py`), with the same code for each, so both give the
 same dataset:
-1. Decoding: a Beam pipeline decodes every video not yet in the decode cache, each worker with
-   one `decoder.DecoderProcess` (the same time limit, crash and hang handling as the local
-   pool), and writes one status line per video; the driver reads them back for the report.
+1. Listing, matching and decoding (`locate_and_decode`): the videos folder is listed in
+   parallel pieces (`annotations.listing_parts`), each video gathers the index entries of its
+   own names and picks its file by the local path's rule (`annotations.find_video_file`), and
+   every video not yet in the decode cache is decoded, each worker with one
+   `decoder.DecoderProcess` (the same time limit, crash and hang handling as the local pool).
+   One status line per video comes back to the driver for the report.
 2. Tagging, tokenising and writing: TFDS's own Beam support builds the dataset; each split's
    examples come from a transform that reads a video's frames from the cache and tokenises and
    tags its captions (`prepare.caption_features`), keyed by annotation order, which TFDS keeps
    because the builders disable shuffling.
-Reading the annotation files and listing the video folder stay in the driver: they are one
-pass over small files, and they decide what the pipelines are given.
+Reading the annotation files stays in the driver: one pass over small files that decides what
+the pipelines are given.
 
 On a cluster every worker must see the same files: `--videos` and `--out` on a shared file
 system (NFS, a FUSE mount of a bucket), and the `tvr-jax` package installed on the workers
 (README: "Preparing at scale").
 
 Beam counters (namespace "tvr_jax.prepare"): videos_decoded, videos_failed, videos_cached,
-captions_tagged, examples_built; `prepare` prints them and writes them to the report.
+captions_tagged, examples_built. `prepare` prints and reports the first pipeline's; TFDS runs
+the second and does not hand back its result, so those show in the runner's own UI and logs.
 """
 
 from __future__ import annotations
@@ -187,7 +191,7 @@ class _Example(beam.DoFn):
 class SplitExamples(beam.PTransform):
     """A split's examples, for the builders' Beam path: items are (key, VideoAnnotation, cache path)."""
 
-    def __init__(self, items: list[tuple[str, dict, str]], tagger_spec: str):
+    def __init__(self, items: list[tuple[int, Any, str]], tagger_spec: str):
         super().__init__()
         self._items, self._tagger_spec = items, tagger_spec
 
