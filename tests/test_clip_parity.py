@@ -492,11 +492,11 @@ def test_attention_bfloat16_keeps_float32_logits_and_softmax():
     exps = _primitive_outputs(jaxpr, "exp")
     assert exps and all(a.dtype == jnp.float32 for a in exps), exps
     products = _primitive_inputs_and_outputs(jaxpr, "dot_general")
-    assert len(products) == 6  # q, k, v, logits, probabilities x v, out
+    assert len(products) == 4  # q, k and v as one product, logits, probabilities x v, out
     assert all(a.dtype == jnp.bfloat16 for inputs, _ in products for a in inputs), products
     out_dtypes = [out.dtype for _, out in products]
     # Projections and logits in float32; the probabilities' product with v in bfloat16, as jax.nn computes it.
-    assert out_dtypes.count(jnp.float32) == 5 and out_dtypes.count(jnp.bfloat16) == 1, out_dtypes
+    assert out_dtypes.count(jnp.float32) == 3 and out_dtypes.count(jnp.bfloat16) == 1, out_dtypes
     out = module.apply({"params": params}, x, mask)
     assert out.dtype == jnp.float32
     ref = _attention_reference(params, x, 4, allowed)

@@ -195,9 +195,15 @@ def _low_precision_matmul_bwd(dtype, residuals, g):
 _low_precision_matmul.defvjp(_low_precision_matmul_fwd, _low_precision_matmul_bwd)
 
 
+def dense_params(module: nn.Module, in_features: int, features: int, param_dtype: Any) -> tuple[jax.Array, jax.Array]:
+    """`nn.Dense`'s parameters on `module`: `kernel` (in, out), lecun-normal; `bias`, zeros."""
+    kernel = module.param("kernel", nn.initializers.lecun_normal(), (in_features, features), param_dtype)
+    return kernel, module.param("bias", nn.initializers.zeros, (features,), param_dtype)
+
+
 class Dense(nn.Module):
-    """`nn.Dense`'s parameters (`kernel` (in, out), lecun-normal; `bias`, zeros) and arithmetic,
-    with the product in `dtype` (`matmul`) and a float32 output and bias."""
+    """`nn.Dense`'s parameters and arithmetic, with the product in `dtype` (`matmul`) and a
+    float32 output and bias."""
 
     features: int
     dtype: Any = jnp.float32
@@ -205,9 +211,21 @@ class Dense(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        kernel = self.param("kernel", nn.initializers.lecun_normal(), (x.shape[-1], self.features), self.param_dtype)
-        bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
+        kernel, bias = dense_params(self, x.shape[-1], self.features, self.param_dtype)
         return matmul(x, kernel, self.dtype) + bias.astype(jnp.float32)
+
+
+class DenseParams(nn.Module):
+    """A `Dense` layer's parameters alone (same names and shapes), for layers whose products are
+    fused into one: the attention's q, k and v projections."""
+
+    in_features: int
+    features: int
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self) -> tuple[jax.Array, jax.Array]:
+        return dense_params(self, self.in_features, self.features, self.param_dtype)
 
 
 class LayerNorm(nn.Module):
@@ -228,7 +246,8 @@ class LayerNorm(nn.Module):
 
 
 class MultiHeadAttention(nn.Module):
-    """Self-attention with separate q/k/v projections (with bias), as OpenAI CLIP computes it.
+    """Self-attention with q/k/v projections (with bias), as OpenAI CLIP computes it; the three
+    keep their own parameters and run as one product.
 
     The core is `jax.nn.dot_product_attention` on q, k, v in the compute dtype: logits q.k /
     sqrt(head_dim) accumulated in float32, masked, softmax in float32, probabilities cast to the
@@ -249,7 +268,13 @@ class MultiHeadAttention(nn.Module):
         head_dim = self.width // self.heads
         dense = lambda name: Dense(self.width, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
         split = lambda y: y.reshape(*y.shape[:-1], self.heads, head_dim).astype(self.dtype)
-        q, k, v = (split(dense(name)(x)) for name in ("q_proj", "k_proj", "v_proj"))
+        # One product x @ [Wq | Wk | Wv] (the three layers' parameters unchanged): on a CPU a
+        # (tokens, 768) x (768, 2304) product and its two backward products run nearer the peak
+        # than three 768-wide ones (benchmarks/notes/bf16_step.md).
+        qkv = [DenseParams(x.shape[-1], self.width, self.param_dtype, name=name)() for name in ("q_proj", "k_proj", "v_proj")]
+        kernel = jnp.concatenate([w for w, _ in qkv], axis=1)
+        bias = jnp.concatenate([b for _, b in qkv]).astype(jnp.float32)
+        q, k, v = (split(y) for y in jnp.split(matmul(x, kernel, self.dtype) + bias, 3, axis=-1))
         mask = None if mask is None else jnp.asarray(mask, jnp.bool_)
         out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=head_dim**-0.5, is_causal=self.causal)
         return dense("out_proj")(out.reshape(x.shape))
