@@ -546,6 +546,7 @@ def _jsonl_records(path: str, required: tuple[str, ...]) -> Iterator[tuple[int, 
                 first = False
                 try:
                     entry = json.loads(text)
+                    _require_unicode(entry, path, text, number)
                 except json.JSONDecodeError as e:
                     raise AnnotationError(f"{path}: line {number}, character {e.colno}: not valid JSON ({e.msg}); write one "
                                           f"JSON object per line, e.g. {example}") from None
@@ -690,9 +691,29 @@ def _require(directory: str, name: str, what: str, source: str = "CLIP4Clip") ->
 def _read_json(path: str) -> Any:
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
+            text = f.read()
+        content = json.loads(text)
     except json.JSONDecodeError as e:
         raise AnnotationError(f"{path}: not valid json ({e}); restore the original file") from None
+    _require_unicode(content, path, text)
+    return content
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def _require_unicode(content: Any, path: str, text: str, line: int | None = None) -> None:
+    """JSON may escape half of a UTF-16 pair (\\ud800) on its own: valid JSON, but no character,
+    which no UTF-8 file (the TFDS dataset) can hold. Refused here, naming the file and the line."""
+    try:
+        json.dumps(content, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        if line is None:
+            match = _SURROGATE_ESCAPE.search(text)
+            line = text.count("\n", 0, match.start()) + 1 if match else None
+        where = f"line {line}" if line else "somewhere"
+        raise AnnotationError(f"{path}: {where}: a lone UTF-16 surrogate escape (\\ud800-\\udfff without its pair) is "
+                              "no character; fix the text (write the character itself, or its full surrogate pair)") from None
 
 
 def _field(entry: Any, name: str, kind: type, path: str, where: str) -> Any:

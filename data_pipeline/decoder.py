@@ -13,8 +13,10 @@ stops the run with the video's name, so nothing is silently left out.
 
 from __future__ import annotations
 
+import errno
 import multiprocessing
 import multiprocessing.connection
+import os
 import time
 import traceback
 from typing import Callable
@@ -25,6 +27,7 @@ DEFAULT_TIMEOUT_S = 300.0  # a few seconds per minute of video at 1 fps; hours m
 _READY, _RESULT, _ERROR = "ready", "result", "error"
 # How long a fresh process may take to start (spawn imports numpy, decord and PIL).
 _START_TIMEOUT_S = 300.0
+_DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 def _serve(conn, decode_fn: Callable, args: tuple) -> None:
@@ -41,7 +44,7 @@ def _serve(conn, decode_fn: Callable, args: tuple) -> None:
         try:
             conn.send((_RESULT, decode_fn(video_id, path, cache_path, *args)))
         except Exception as e:  # noqa: BLE001 - reported to the parent, which stops the run
-            conn.send((_ERROR, (f"{type(e).__name__}: {e}", traceback.format_exc())))
+            conn.send((_ERROR, (f"{type(e).__name__}: {e}", traceback.format_exc(), getattr(e, "errno", None))))
 
 
 def failure(video_id: str, path: str, reason: str, detail: str) -> dict:
@@ -101,7 +104,7 @@ class DecoderProcess:
 
     def collect(self) -> dict:
         """The status of the submitted video, once `conn` is readable (a result, or the end of a dead process)."""
-        video_id, path, _ = self.task
+        video_id, path, cache_path = self.task
         self.task = None
         try:
             kind, value = self.conn.recv()
@@ -110,7 +113,9 @@ class DecoderProcess:
             return failure(video_id, path, "crashed", "the decoder process died")
         if kind == _ERROR:
             self.close()
-            error, trace = value
+            error, trace, code = value
+            if code in _DISK_FULL_ERRNOS:  # the decode cache's disk is full: say so, naming the file
+                raise OSError(code, f"{os.strerror(code)} (writing the decode cache of {video_id})", cache_path)
             raise RuntimeError(f"decoding {video_id} ({path}) failed with {error}: not a fault of the video (disk "
                                f"full, permissions, a bug); fix it and rerun, finished videos are kept. In the "
                                f"decoding process:\n{trace}")

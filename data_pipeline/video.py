@@ -64,6 +64,8 @@ def sample_times(duration: float, fps: float, max_frames: int | None = None) -> 
     if max_frames is not None and max_frames < 1:
         raise ValueError(f"max_frames must be >= 1, got {max_frames}")
     count = max(1, int(np.floor(duration * fps + 1e-6)))
+    if duration * fps < 1:  # shorter than one window: its middle, not a moment after its end
+        return np.array([max(float(duration), 0.0) / 2])
     if max_frames is not None and count > max_frames:
         return (np.arange(max_frames) + 0.5) * (duration / max_frames)
     return (np.arange(count) + 0.5) / fps
@@ -79,38 +81,132 @@ def resized_shape(height: int, width: int, short_side: int | None) -> tuple[int,
 
 
 def decode_video(path: str, fps: float = 1.0, max_frames: int | None = None, short_side: int | None = 224) -> DecodedVideo:
-    """Decode the frames at `sample_times` of one video with decord; raise VideoDecodeError."""
+    """Decode the frames at `sample_times` of one video; raise VideoDecodeError.
+
+    Frames are found by their timestamps, so a variable frame rate is sampled at the right
+    moments. A video whose container asks players to rotate it (a phone's portrait video) is
+    decoded with PyAV and turned as a player shows it; decord, which reads every other video,
+    cannot (it fails on a quarter turn and ignores a half turn)."""
     import decord
-    from PIL import Image
 
     if not os.path.isfile(path):
         raise VideoDecodeError(path, "missing", "file not found")
     if os.path.getsize(path) == 0:
         raise VideoDecodeError(path, "empty", "0 bytes")
-    try:
-        # One decoder thread: parallelism comes from decoding several videos at once.
-        reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
-    except Exception as e:  # decord raises RuntimeError or DECORDError
-        raise VideoDecodeError(path, "unreadable", _first_line(e)) from None
-    num_frames = len(reader)
-    source_fps = float(reader.get_avg_fps())
-    if num_frames <= 0 or not np.isfinite(source_fps) or source_fps <= 0:
-        raise VideoDecodeError(path, "no_frames", f"{num_frames} frames at {source_fps} fps")
-    duration = num_frames / source_fps
-    times = sample_times(duration, fps, max_frames)
-    indices = np.minimum(np.floor(times * source_fps).astype(np.int64), num_frames - 1)
-    try:
-        frames = reader.get_batch(indices.tolist()).asnumpy()
-    except Exception as e:
-        raise VideoDecodeError(path, "decode_failed", _first_line(e)) from None
-    if frames.ndim != 4 or frames.shape[0] != len(indices) or frames.shape[-1] != 3:
-        raise VideoDecodeError(path, "decode_failed", f"decord returned shape {frames.shape} for {len(indices)} frames")
+    rotation = _display_rotation(path)
+    if rotation:
+        frames, times, duration, source_fps, num_frames = _decode_rotated(path, fps, max_frames, rotation)
+    else:
+        try:
+            # One decoder thread: parallelism comes from decoding several videos at once.
+            reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
+        except Exception as e:  # decord raises RuntimeError or DECORDError
+            raise VideoDecodeError(path, "unreadable", _first_line(e)) from None
+        num_frames = len(reader)
+        source_fps = float(reader.get_avg_fps())
+        if num_frames <= 0 or not np.isfinite(source_fps) or source_fps <= 0:
+            raise VideoDecodeError(path, "no_frames", f"{num_frames} frames at {source_fps} fps")
+        starts, duration = _frame_starts(reader, num_frames, source_fps)
+        times = sample_times(duration, fps, max_frames)
+        indices = frame_at(starts, times)
+        try:
+            frames = reader.get_batch(indices.tolist()).asnumpy()
+        except Exception as e:
+            raise VideoDecodeError(path, "decode_failed", _first_line(e)) from None
+        if frames.ndim != 4 or frames.shape[0] != len(indices) or frames.shape[-1] != 3:
+            raise VideoDecodeError(path, "decode_failed", f"decord returned shape {frames.shape} for {len(indices)} frames")
+    return _resized(frames, times, duration, source_fps, num_frames, short_side)
+
+
+def _resized(frames: np.ndarray, times: np.ndarray, duration: float, source_fps: float, num_frames: int,
+             short_side: int | None) -> DecodedVideo:
+    from PIL import Image
+
     height, width = frames.shape[1:3]
     out_h, out_w = resized_shape(height, width, short_side)
     if (out_h, out_w) != (height, width):
         # PIL's resize filters over the whole footprint: proper anti-aliasing when shrinking.
         frames = np.stack([np.asarray(Image.fromarray(f).resize((out_w, out_h), Image.BICUBIC)) for f in frames])
     return DecodedVideo(frames, times.astype(np.float32), float(duration), source_fps, num_frames, height, width)
+
+
+def frame_at(starts: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """For each time, the index of the frame on screen then: the last one starting at or before it."""
+    return np.clip(np.searchsorted(starts, times, side="right") - 1, 0, len(starts) - 1).astype(np.int64)
+
+
+def _frame_starts(reader, num_frames: int, source_fps: float) -> tuple[np.ndarray, float]:
+    """(each frame's start in seconds from the first, the video's duration) from the container's
+    timestamps; evenly spaced at the average rate where the timestamps are unusable."""
+    even = np.arange(num_frames) / source_fps, num_frames / source_fps
+    try:
+        stamps = np.asarray(reader.get_frame_timestamp(list(range(num_frames))), np.float64)
+    except Exception:  # noqa: BLE001 - a container without usable timestamps
+        return even
+    if stamps.shape != (num_frames, 2) or not np.all(np.isfinite(stamps)):
+        return even
+    starts = stamps[:, 0] - stamps[0, 0]
+    duration = float(stamps[-1, 1] - stamps[0, 0])
+    if np.any(np.diff(starts) < 0) or (num_frames > 1 and starts[-1] <= 0) or duration <= 0:
+        return even
+    return starts, duration
+
+
+def _display_rotation(path: str) -> int:
+    """Quarter turns counterclockwise (0-3) that a player applies to the frames (the container's
+    display matrix, as ffmpeg reads it). Raises VideoDecodeError for a file with no video stream."""
+    import av
+
+    try:
+        with av.open(path) as container:
+            if not container.streams.video:
+                kinds = sorted({s.type for s in container.streams})
+                raise VideoDecodeError(path, "no_frames", f"the file holds no video stream ({', '.join(kinds)} only)" if kinds
+                                       else "the file holds no stream at all (nothing was recorded in it)")
+            for frame in container.decode(video=0):
+                return int(round(float(getattr(frame, "rotation", 0) or 0) / 90)) % 4
+    except VideoDecodeError:
+        raise
+    except Exception:  # noqa: BLE001 - PyAV cannot read it either: decord says why below
+        return 0
+    return 0
+
+
+def _decode_rotated(path: str, fps: float, max_frames: int | None, quarter_turns: int):
+    """(frames turned as displayed, times, duration, average fps, frame count) with PyAV: timestamps
+    from the packets first (no decoding), then only the sampled frames kept."""
+    import av
+
+    try:
+        with av.open(path) as container:
+            stream = container.streams.video[0]
+            base = stream.time_base
+            packets = [p for p in container.demux(stream) if p.pts is not None and p.size]
+            pts = np.sort(np.array([p.pts for p in packets], np.float64)) * float(base)
+            last = max((p.duration or 0 for p in packets), default=0) * float(base)
+        if len(pts) == 0:
+            raise VideoDecodeError(path, "no_frames", "0 frames")
+        starts = pts - pts[0]
+        step = float(np.median(np.diff(starts))) if len(starts) > 1 else 0.0
+        duration = float(starts[-1] + (last or step or 1.0))
+        times = sample_times(duration, fps, max_frames)
+        wanted = frame_at(starts, times)
+        keep = set(wanted.tolist())
+        picked: dict[int, np.ndarray] = {}
+        with av.open(path) as container:
+            for i, frame in enumerate(container.decode(video=0)):
+                if i in keep:
+                    picked[i] = np.rot90(frame.to_ndarray(format="rgb24"), quarter_turns)
+                if i >= wanted.max():
+                    break
+    except VideoDecodeError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise VideoDecodeError(path, "decode_failed", _first_line(e)) from None
+    if any(i not in picked for i in keep):
+        raise VideoDecodeError(path, "decode_failed", f"{len(picked)} of {len(keep)} sampled frames decoded")
+    frames = np.ascontiguousarray(np.stack([picked[i] for i in wanted.tolist()]))
+    return frames, times, duration, len(starts) / duration, len(starts)
 
 
 def encode_jpeg(frame: np.ndarray, quality: int = 90) -> bytes:

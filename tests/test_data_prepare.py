@@ -142,6 +142,10 @@ def hang_on_video1(video_id, path, cache_path, *args):
 
 
 def fail_on_video8(video_id, path, cache_path, *args):
+    raise OSError(13, "Permission denied")
+
+
+def disk_full_on_video8(video_id, path, cache_path, *args):
     raise OSError(28, "No space left on device")
 
 
@@ -169,8 +173,12 @@ def test_an_error_that_is_not_about_the_video_stops_the_run_naming_it(source, tm
     videos, _ = source
     todo = {"video8": (os.path.join(videos, "video8.mp4"), str(tmp_path / "video8.npz"))}
     params = {"fps": 1.0, "max_frames": None, "short_side": 224, "jpeg_quality": 90}
-    with pytest.raises(RuntimeError, match="decoding video8 .*No space left on device"):
+    with pytest.raises(RuntimeError, match="decoding video8 .*Permission denied"):
         decoder.decode_all(todo, params, workers=1, progress=False, decode_fn=fail_on_video8)
+    # A full disk stays an OSError with its errno, naming the video and its cache file (the CLI says "the disk is full").
+    with pytest.raises(OSError, match=r"decode cache of video8") as caught:
+        decoder.decode_all(todo, params, workers=1, progress=False, decode_fn=disk_full_on_video8)
+    assert caught.value.errno == 28 and caught.value.filename == todo["video8"][1]
 
 
 def test_cli_prepare_prints_summary_and_reports_errors(source, tmp_path, capsys):

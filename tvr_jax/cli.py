@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
+import re
 import sys
 import time
 import traceback
@@ -327,9 +329,85 @@ def main(argv: list[str] | None = None) -> int:
     args.overrides = overrides
     try:
         return args.fn(args)
-    except (FileNotFoundError, FileExistsError, ValueError) as e:  # bad input: message, no traceback
-        print(f"tvr-jax {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    except Exception as e:  # noqa: BLE001 - a full disk is told as such, whatever raised it
+        full, path = disk_full(e)
+        if full:
+            print(f"tvr-jax {args.command}: error: {disk_full_message(args, path, e)}", file=sys.stderr)
+            return 3
+        if isinstance(e, _told_errors()):  # bad input, a refusal: the message, no traceback
+            print(f"tvr-jax {args.command}: error: {e}", file=sys.stderr)
+            return 2
+        raise
+
+
+def _told_errors() -> tuple[type[BaseException], ...]:
+    """Errors whose message says all (what, where and what to do): bad input, a busy work directory,
+    no checkpoint that restores, a non-finite loss. The last two come from modules that import jax,
+    so they are looked up only once loaded."""
+    from tvr_jax.workdir_lock import WorkdirBusy
+
+    told: list[type[BaseException]] = [FileNotFoundError, FileExistsError, ValueError, WorkdirBusy]
+    for module, name in (("tvr_jax.experiment", "CheckpointUnreadable"), ("tvr_jax.train", "NonFiniteLoss")):
+        if module in sys.modules:
+            told.append(getattr(sys.modules[module], name))
+    return tuple(told)
+
+
+# A full disk, a full quota and a file-size limit all stop a write; each surfaces as OSError in Python
+# and as an error naming the errno in TensorStore (orbax's checkpoint writer).
+_DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+# numpy's short write ("32768 requested and 10176 written") carries no errno: a regular file takes fewer
+# bytes than written only when the disk is full or a size limit is reached.
+_DISK_FULL_TEXT = re.compile(r"os_error_code='(%s)'|No space left on device|Disk quota exceeded|File too large"
+                             r"|\d+ requested and \d+ written" % "|".join(str(n) for n in _DISK_FULL_ERRNOS))
+_WRITTEN_PATH = re.compile(r'(?:Failed writing|local file|writing): "([^"]+)"|writing (/[^;"\s]+)')  # TensorStore, ArrayRecord
+
+
+def disk_full(error: BaseException) -> tuple[bool, str | None]:
+    """(whether `error`, or one it was raised from, is a write refused for want of space; the file, when known)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in _DISK_FULL_ERRNOS:
+            return True, error.filename
+        if _DISK_FULL_TEXT.search(str(error)):
+            paths = [a or b for a, b in _WRITTEN_PATH.findall(str(error))]
+            return True, (paths[-1] if paths else getattr(error, "filename", None))
+        error = error.__cause__ or error.__context__
+    return False, None
+
+
+def disk_full_message(args: argparse.Namespace, path: str | None, error: BaseException) -> str:
+    """What was being written, what is intact, and how to go on."""
+    folder = getattr(args, "out", None) if args.command in ("prepare", "export") else getattr(args, "workdir", None)
+    where = path or folder or "the output folder"
+    reason = os.strerror(error.errno) if isinstance(error, OSError) and error.errno else "no space left on device"
+    if args.command == "train" and folder:
+        ckpt = os.path.join(folder, "checkpoints")
+        steps = sorted(int(n) for n in os.listdir(ckpt) if n.isdigit()) if os.path.isdir(ckpt) else []
+        kept = (f"the last good checkpoint, step {steps[-1]}, is intact and the unfinished one is never used"
+                if steps else "no checkpoint was committed yet")
+        again = "rerun the same command to resume"
+    elif args.command == "prepare":
+        kept = "videos already decoded are kept and no half-written dataset is visible"
+        again = "rerun the same command to go on"
+    elif args.command == "export":
+        kept = "the index in --out is as it was before this export (nothing of it is visible)"
+        again = "rerun the same command"
+    else:
+        kept, again = "", "rerun the same command"
+    return (f"the disk is full: {reason} while writing {where}" + (f" (under {folder})" if path and folder else "")
+            + (f"; {kept}" if kept else "") + f". Free space there (or choose another folder) and {again}.")
+
+
+def _quiet_closed_loop(kind, value, trace) -> None:
+    """sys.excepthook without TensorStore's late callbacks: when one read or write of an orbax checkpoint
+    fails (a full disk, a damaged file), orbax closes its asyncio loop while TensorStore still completes
+    the others, and each completion, scheduled on the closed loop, prints "RuntimeError: Event loop is
+    closed" with a traceback. The failure itself is reported once, by `main`."""
+    if kind is RuntimeError and str(value) == "Event loop is closed":
+        return
+    sys.__excepthook__(kind, value, trace)
 
 
 def run() -> None:
@@ -340,6 +418,7 @@ def run() -> None:
     iterators, whose worker threads may need the interpreter lock that the destroying thread
     holds: the process then never exits (seen after `ablate`, which leaves one per run).
     """
+    sys.excepthook = _quiet_closed_loop
     try:
         code = main()
     except SystemExit as e:  # argparse errors and --help

@@ -34,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import shutil
 import threading
@@ -67,7 +68,10 @@ THUMB_SIDE = 160
 
 def _save_npy(path: str, array: np.ndarray) -> None:
     tmp = path + ".tmp.npy"
-    np.save(tmp, array)
+    try:
+        np.save(tmp, array)
+    except OSError as e:  # numpy's errors of a short write name neither the file nor an errno: add the file
+        raise OSError(e.errno, e.strerror or str(e), e.filename or tmp) from e
     os.replace(tmp, path)
 
 
@@ -166,8 +170,11 @@ def export_index(cfg, workdir: str, out_dir: str, split: str, step: int | None =
                  thumbnails: bool = True) -> dict[str, Any]:
     """Encode every video and caption of `split` with a checkpoint of `workdir` (default: the one
     `tvr-jax eval` reports, see `evaluate.select_checkpoint`); write an index, or with `append`
-    add them to the index in `out_dir` (same model only)."""
-    old = _existing_or_none(out_dir, append)
+    add them to the index in `out_dir` (same model only). Rerunning an export that has finished (the
+    same command, e.g. after the process was killed between its commit and its exit) returns the
+    index as it is: an export is done once its manifest is renamed into place."""
+    finished = read_manifest(out_dir) if not append and os.path.exists(os.path.join(out_dir, "manifest.json")) else None
+    old = None if finished else _existing_or_none(out_dir, append)
     selection = f"step {step} as asked"
     if step is None:  # the checkpoint `tvr-jax eval` reports: the best on validation, else the newest
         step, selection = evaluate.select_checkpoint(cfg, workdir)
@@ -177,6 +184,12 @@ def export_index(cfg, workdir: str, out_dir: str, split: str, step: int | None =
     fingerprint = model_fingerprint(params, scoring)
     streams = {kind: dataset_input(cfg, split, False, model.config, cfg.eval.batch_size, eval_rows=kind)
                for kind in ("videos", "captions")}
+    if finished is not None:
+        if _already_written(out_dir, finished, fingerprint, cfg.dataset, split, trained_step, streams["videos"].video_ids):
+            logging.getLogger("tvr_jax.search").info("%s already holds this export (same checkpoint and videos): "
+                                                     "left as it is", out_dir)
+            return finished
+        _existing_or_none(out_dir, False)  # another export's index: refused, naming what to do
     if old is not None:
         _check_append(out_dir, old, fingerprint, scoring, streams["videos"].video_ids, workdir, trained_step)
     videos = evaluate.encode(model, params, streams["videos"], mesh, "videos")
@@ -207,6 +220,18 @@ def export_index(cfg, workdir: str, out_dir: str, split: str, step: int | None =
         manifest = _commit(out_dir, old, name, tmp, arrays.pop("pooled"), shard, fields)
     sharding.barrier("index written")
     return manifest or read_manifest(out_dir)
+
+
+def _already_written(out_dir: str, manifest: dict, fingerprint: str, dataset: str, split: str, step: int,
+                     video_ids: list[str]) -> bool:
+    """Whether `manifest` holds this very export alone (same model, set, split, step and videos)."""
+    if manifest.get("fingerprint") != fingerprint or len(manifest["shards"]) != 1:
+        return False
+    last = manifest["shards"][0]
+    if (last["dataset"], last["split"], last["run_step"]) != (dataset, split, step):
+        return False
+    with open(os.path.join(out_dir, last["dir"], "video_ids.json")) as f:
+        return sorted(json.load(f)) == sorted(video_ids)
 
 
 def _rows_of(video_index: np.ndarray, order: np.ndarray) -> np.ndarray:
