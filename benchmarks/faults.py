@@ -621,6 +621,12 @@ def error_line(stderr: str, command: str) -> str:
     return found[-1] if found else (stderr.strip().splitlines() or [""])[-1]
 
 
+def traceback_text(stderr: str) -> str:
+    """Every traceback in `stderr`, from its first line to the error it ends with ("" when none)."""
+    found = re.findall(r"Traceback \(most recent call last\):\n(?:[ \t].*\n)*.*", stderr)
+    return "\n".join(found)
+
+
 def tracebacks(stderr: str) -> tuple[int, int]:
     """(tracebacks printed, of which TensorStore's late callbacks on orbax's closed asyncio loop)."""
     return stderr.count("Traceback (most recent call last)"), stderr.count("RuntimeError: Event loop is closed")
@@ -755,7 +761,7 @@ def damaged_checkpoint_case(job: Job, root: str, ref: str, log: Callable[[str], 
         last = error_line(done.stderr, "train")
         total, closed_loop = tracebacks(done.stderr)
         check = {"variant": variant, "exit_code": done.returncode, "tracebacks": total - closed_loop,
-                 "event_loop_closed_tracebacks": closed_loop,
+                 "event_loop_closed_tracebacks": closed_loop, "stderr_tracebacks": traceback_text(done.stderr),
                  "message": last[-3000:] if done.returncode else ""}
         if variant == "all damaged":
             check["survived"] = (done.returncode == 2 and last.startswith("tvr-jax train: error: no checkpoint in")

@@ -218,7 +218,8 @@ def restore_newest_intact(manager, state: TrainState, shardings: TrainState):
         try:
             state_out, data_state = restore_checkpoint(manager, state, shardings, step)
         except Exception as e:  # noqa: BLE001 - orbax and TensorStore raise many kinds for a damaged file
-            failures.append((step, f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"))
+            reason = (str(e).splitlines() or [""])[0].split(" See full TensorStore details")[0]  # its repr of a C++ binding
+            failures.append((step, f"{type(e).__name__}: {reason[:200]}"))
             continue
         if failures:
             if sharding.is_writer():
