@@ -27,7 +27,7 @@ DEFAULT_TIMEOUT_S = 300.0  # a few seconds per minute of video at 1 fps; hours m
 _READY, _RESULT, _ERROR = "ready", "result", "error"
 # How long a fresh process may take to start (spawn imports numpy, decord and PIL).
 _START_TIMEOUT_S = 300.0
-_DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # a full disk, a full quota, a file-size limit
 
 
 def _serve(conn, decode_fn: Callable, args: tuple) -> None:
@@ -114,7 +114,7 @@ class DecoderProcess:
         if kind == _ERROR:
             self.close()
             error, trace, code = value
-            if code in _DISK_FULL_ERRNOS:  # the decode cache's disk is full: say so, naming the file
+            if code in DISK_FULL_ERRNOS:  # the decode cache's disk is full: say so, naming the file
                 raise OSError(code, f"{os.strerror(code)} (writing the decode cache of {video_id})", cache_path)
             raise RuntimeError(f"decoding {video_id} ({path}) failed with {error}: not a fault of the video (disk "
                                f"full, permissions, a bug); fix it and rerun, finished videos are kept. In the "

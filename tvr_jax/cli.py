@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import logging
 import os
 import re
 import sys
+import threading
 import time
 import traceback
 
+from data_pipeline.decoder import DISK_FULL_ERRNOS
 from tvr_jax.config_io import save_config
 
 
@@ -353,13 +354,12 @@ def _told_errors() -> tuple[type[BaseException], ...]:
     return tuple(told)
 
 
-# A full disk, a full quota and a file-size limit all stop a write; each surfaces as OSError in Python
-# and as an error naming the errno in TensorStore (orbax's checkpoint writer).
-_DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+# A full disk, a full quota and a file-size limit (DISK_FULL_ERRNOS) all stop a write; each surfaces as
+# OSError in Python and as an error naming the errno in TensorStore (orbax's checkpoint writer).
 # numpy's short write ("32768 requested and 10176 written") carries no errno: a regular file takes fewer
 # bytes than written only when the disk is full or a size limit is reached.
 _DISK_FULL_TEXT = re.compile(r"os_error_code='(%s)'|No space left on device|Disk quota exceeded|File too large"
-                             r"|\d+ requested and \d+ written" % "|".join(str(n) for n in _DISK_FULL_ERRNOS))
+                             r"|\d+ requested and \d+ written" % "|".join(str(n) for n in DISK_FULL_ERRNOS))
 _WRITTEN_PATH = re.compile(r'(?:Failed writing|local file|writing): "([^"]+)"|writing (/[^;"\s]+)')  # TensorStore, ArrayRecord
 
 
@@ -368,7 +368,7 @@ def disk_full(error: BaseException) -> tuple[bool, str | None]:
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
-        if isinstance(error, OSError) and error.errno in _DISK_FULL_ERRNOS:
+        if isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS:
             return True, error.filename
         if _DISK_FULL_TEXT.search(str(error)):
             paths = [a or b for a, b in _WRITTEN_PATH.findall(str(error))]
@@ -400,14 +400,19 @@ def disk_full_message(args: argparse.Namespace, path: str | None, error: BaseExc
             + (f"; {kept}" if kept else "") + f". Free space there (or choose another folder) and {again}.")
 
 
-def _quiet_closed_loop(kind, value, trace) -> None:
-    """sys.excepthook without TensorStore's late callbacks: when one read or write of an orbax checkpoint
-    fails (a full disk, a damaged file), orbax closes its asyncio loop while TensorStore still completes
-    the others, and each completion, scheduled on the closed loop, prints "RuntimeError: Event loop is
-    closed" with a traceback. The failure itself is reported once, by `main`."""
-    if kind is RuntimeError and str(value) == "Event loop is closed":
-        return
-    sys.__excepthook__(kind, value, trace)
+def _is_closed_loop(error: BaseException | None) -> bool:
+    return isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
+
+
+def _quiet_closed_loop() -> None:
+    """Drop TensorStore's late callbacks: when one read or write of an orbax checkpoint fails (a full
+    disk, a damaged file), orbax closes its asyncio loop while TensorStore still completes the others,
+    and each completion, scheduled on the closed loop, raises "RuntimeError: Event loop is closed",
+    reported as unraisable or from a worker thread with a traceback each (hundreds). The failure
+    itself is reported once, by `main`."""
+    unraisable, in_thread = sys.unraisablehook, threading.excepthook
+    sys.unraisablehook = lambda u: None if _is_closed_loop(u.exc_value) else unraisable(u)
+    threading.excepthook = lambda a: None if _is_closed_loop(a.exc_value) else in_thread(a)
 
 
 def run() -> None:
@@ -418,7 +423,7 @@ def run() -> None:
     iterators, whose worker threads may need the interpreter lock that the destroying thread
     holds: the process then never exits (seen after `ablate`, which leaves one per run).
     """
-    sys.excepthook = _quiet_closed_loop
+    _quiet_closed_loop()
     try:
         code = main()
     except SystemExit as e:  # argparse errors and --help
