@@ -404,14 +404,30 @@ def _is_closed_loop(error: BaseException | None) -> bool:
     return isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
 
 
-def _quiet_closed_loop() -> None:
-    """Drop TensorStore's late callbacks: when one read or write of an orbax checkpoint fails (a full
-    disk, a damaged file), orbax closes its asyncio loop while TensorStore still completes the others,
-    and each completion, scheduled on the closed loop, raises "RuntimeError: Event loop is closed",
-    reported as unraisable or from a worker thread with a traceback each (hundreds). The failure
-    itself is reported once, by `main`."""
+def _is_abandoned_checkpoint_io(where: object) -> bool:
+    """An orbax read or write coroutine dropped unfinished after its checkpoint already failed."""
+    code = getattr(where, "cr_code", None)
+    return code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
+
+
+def _quiet_abandoned_checkpoint_io() -> None:
+    """Drop the echoes of one failed orbax checkpoint read or write (a full disk, a damaged file).
+    orbax then closes its asyncio loop with the array reads and writes of that checkpoint unfinished:
+    TensorStore still completes them onto the closed loop ("RuntimeError: Event loop is closed", from
+    worker threads or as unraisable), and each abandoned read coroutine raises its own copy of the
+    error when it is collected ("Exception ignored in: <coroutine ...>") or asyncio logs it for the
+    task that ran it ("Task exception was never retrieved"). Hundreds of tracebacks, all for the
+    failure that `main` (or the checkpoint fallback's warning) reports once."""
     unraisable, in_thread = sys.unraisablehook, threading.excepthook
-    sys.unraisablehook = lambda u: None if _is_closed_loop(u.exc_value) else unraisable(u)
+    orbax_code = f"{os.sep}orbax{os.sep}"
+    logging.getLogger("asyncio").addFilter(
+        lambda r: not (r.exc_info and "exception was never retrieved" in r.getMessage() and orbax_code in r.getMessage()))
+
+    def quiet_unraisable(u):
+        if not (_is_closed_loop(u.exc_value) or _is_abandoned_checkpoint_io(u.object)):
+            unraisable(u)
+
+    sys.unraisablehook = quiet_unraisable
     threading.excepthook = lambda a: None if _is_closed_loop(a.exc_value) else in_thread(a)
 
 
@@ -423,7 +439,7 @@ def run() -> None:
     iterators, whose worker threads may need the interpreter lock that the destroying thread
     holds: the process then never exits (seen after `ablate`, which leaves one per run).
     """
-    _quiet_closed_loop()
+    _quiet_abandoned_checkpoint_io()
     try:
         code = main()
     except SystemExit as e:  # argparse errors and --help
