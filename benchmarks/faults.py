@@ -622,8 +622,9 @@ def error_line(stderr: str, command: str) -> str:
 
 
 def traceback_text(stderr: str) -> str:
-    """Every traceback in `stderr`, from its first line to the error it ends with ("" when none)."""
-    found = re.findall(r"Traceback \(most recent call last\):\n(?:[ \t].*\n)*.*", stderr)
+    """Every traceback in `stderr`, with the two lines before it (who reported it: "Exception ignored
+    in ...", "Task exception was never retrieved"), to the error it ends with ("" when none)."""
+    found = re.findall(r"(?:.*\n){0,2}Traceback \(most recent call last\):\n(?:[ \t].*\n)*.*", stderr)
     return "\n".join(found)
 
 
@@ -673,6 +674,7 @@ def disk_full_case(kind: str, job: Job, root: str, log: Callable[[str], None], m
         checks["clear_error"] = message.startswith("tvr-jax ") and "error: the disk is full" in message and mnt in message
         # Tracebacks printed before it by library threads (orbax's writers log theirs), recorded as seen.
         checks["other_tracebacks"], checks["event_loop_closed_tracebacks"] = tracebacks(first.stderr)
+        checks["stderr_tracebacks"] = traceback_text(first.stderr)
         checks.update(DISK_FULL_INTACT[kind](out))
         if filler:
             os.remove(filler)
@@ -1208,7 +1210,7 @@ def main(argv: list[str] | None = None) -> int:
     needed = sorted({*(n for n in names if n in JOBS), *(DISK_FULL_JOB[n] for n in names if n in DISK_FULL),
                      *(["train"] if {"damaged_checkpoint", "two_trainers"} & set(names) else [])}, key=JOBS.index)
     try:
-        available = jobs(root, needed, log)
+        available = jobs(root, [*needed, *names], log)  # the cases' names tell it which references to build
         kill = [kill_rounds(available[n], root, args.rounds, rng, log) for n in names if n in JOBS]
         mechanism = "tmpfs" if can_mount() and not args.fallback else "fsize"
         disk = [disk_full_case(k, available[DISK_FULL_JOB[k]], root, log, mechanism) for k in names if k in DISK_FULL]

@@ -404,10 +404,29 @@ def _is_closed_loop(error: BaseException | None) -> bool:
     return isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
 
 
-def _is_abandoned_checkpoint_io(where: object) -> bool:
-    """An orbax read or write coroutine dropped unfinished after its checkpoint already failed."""
+_ORBAX_CODE = f"{os.sep}orbax{os.sep}"
+
+
+def _raised_in_orbax(error: BaseException | None) -> bool:
+    """Whether `error`, or an error it was raised from, came out of orbax's code."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        tb = error.__traceback__
+        while tb is not None:
+            if _ORBAX_CODE in tb.tb_frame.f_code.co_filename:
+                return True
+            tb = tb.tb_next
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _is_checkpoint_echo(error: BaseException | None, where: object = None) -> bool:
+    """An error reported after the fact for an orbax read or write: a completion on orbax's closed
+    loop, or a read coroutine or task of orbax's, dropped unfinished or never awaited, raising."""
     code = getattr(where, "cr_code", None)
-    return code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
+    return (_is_closed_loop(error) or _raised_in_orbax(error)
+            or (code is not None and _ORBAX_CODE in code.co_filename))
 
 
 def _quiet_abandoned_checkpoint_io() -> None:
@@ -417,18 +436,22 @@ def _quiet_abandoned_checkpoint_io() -> None:
     worker threads or as unraisable), and each abandoned read coroutine raises its own copy of the
     error when it is collected ("Exception ignored in: <coroutine ...>") or asyncio logs it for the
     task that ran it ("Task exception was never retrieved"). Hundreds of tracebacks, all for the
-    failure that `main` (or the checkpoint fallback's warning) reports once."""
+    failure that `main` (or the checkpoint fallback's warning) reports once. Only these reports are
+    dropped: an orbax error that reaches the command is reported by it. orbax's own log lines about
+    the failure (its writer threads', before it is raised where the command waits on the write)
+    stay, without their tracebacks."""
     unraisable, in_thread = sys.unraisablehook, threading.excepthook
-    orbax_code = f"{os.sep}orbax{os.sep}"
     logging.getLogger("asyncio").addFilter(
-        lambda r: not (r.exc_info and "exception was never retrieved" in r.getMessage() and orbax_code in r.getMessage()))
+        lambda r: not (r.exc_info and "exception was never retrieved" in r.getMessage() and _is_checkpoint_echo(r.exc_info[1])))
 
-    def quiet_unraisable(u):
-        if not (_is_closed_loop(u.exc_value) or _is_abandoned_checkpoint_io(u.object)):
-            unraisable(u)
+    def without_orbax_traceback(record):
+        if record.exc_info and _raised_in_orbax(record.exc_info[1]):
+            record.exc_info = record.exc_text = None
+        return True
 
-    sys.unraisablehook = quiet_unraisable
-    threading.excepthook = lambda a: None if _is_closed_loop(a.exc_value) else in_thread(a)
+    logging.getLogger("absl").addFilter(without_orbax_traceback)
+    sys.unraisablehook = lambda u: None if _is_checkpoint_echo(u.exc_value, u.object) else unraisable(u)
+    threading.excepthook = lambda a: None if _is_checkpoint_echo(a.exc_value) else in_thread(a)
 
 
 def run() -> None:
