@@ -23,6 +23,7 @@ The whole command is timed, interpreter start and imports included, as a user se
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shutil
@@ -113,6 +114,7 @@ def main() -> None:
     runs = [(size, n) for size in sizes for n in args.workers]
     times: dict[str, list[float]] = {f"{path}_{size}_{n}": [] for size, n in runs for path in ("local", "beam")}
     ratios: dict[str, list[float]] = {f"{size}_{n}": [] for size, n in runs}
+    redone: dict[str, list[int]] = {f"{size}_{n}": [] for size, n in runs}
     checked = {}
     for r in range(args.rounds):
         for size, n in runs:
@@ -122,6 +124,9 @@ def main() -> None:
                 out = os.path.join(args.workdir, f"{path}_{size}_{n}")
                 pair[path] = timed_run(prepare_command(*sources[size], out, n, path == "beam"), out)
                 times[f"{path}_{size}_{n}"].append(pair[path])
+                if path == "beam":  # writes redone after the runner lost examples (prepare counts them)
+                    with open(os.path.join(out, "prepare_report.json")) as f:
+                        redone[f"{size}_{n}"].append(json.load(f)["msrvtt"]["runner"].get("write_attempts", 1) - 1)
                 print(f"round {r}: {size} videos, {path}, {n} worker(s): {pair[path]:.1f} s", flush=True)
             ratios[f"{size}_{n}"].append(pair["beam"] / pair["local"])
             if r == 0:
@@ -138,12 +143,14 @@ def main() -> None:
         local, beam = median(f"local_{size}_{n}"), median(f"beam_{size}_{n}")
         rows.append([size, n, round(local, 1), round(size / local, 2), round(beam, 1), round(size / beam, 2),
                      f"**{statistics.median(ratios[f'{size}_{n}']):.2f}x**", round(beam - local, 1),
-                     "; ".join(f"{a:.1f} / {b:.1f}" for a, b in zip(times[f"local_{size}_{n}"], times[f"beam_{size}_{n}"]))])
+                     "; ".join(f"{a:.1f} / {b:.1f}" for a, b in zip(times[f"local_{size}_{n}"], times[f"beam_{size}_{n}"])),
+                     sum(redone[f"{size}_{n}"])])
     tables = [table(
         f"`tvr-jax prepare`, videos of 320x240, 25 fps, {args.seconds}-{args.seconds + 4} s: whole command, median of "
         f"{args.rounds} alternating rounds (load average {load_before:.2f} before, {load_after:.2f} after)",
         ["videos", "workers", "local s", "local videos/s", "Beam DirectRunner s", "Beam videos/s",
-         "Beam / local (median of pairs)", "Beam's extra s", "rounds (local / Beam s)"], rows)]
+         "Beam / local (median of pairs)", "Beam's extra s", "rounds (local / Beam s)",
+         "Beam writes redone (lost examples)"], rows)]
     marginal = {}
     if len(sizes) > 1:
         small, large = sizes[0], sizes[-1]
@@ -167,7 +174,7 @@ def main() -> None:
     write_results(args.out, tables=tables, versions=versions, clips=sizes, clip_seconds=f"{args.seconds}-{args.seconds + 4}",
                   source="320x240, 25 fps, H.264 crf 23", write_source_s=round(t_write, 1), times_s=times,
                   ratios={k: [round(x, 3) for x in v] for k, v in ratios.items()}, marginal_videos_per_s=marginal,
-                  equal_output=checked,
+                  equal_output=checked, beam_writes_redone=redone,
                   load_average_before=round(load_before, 2), load_average_after=round(load_after, 2))
     print(f"wrote {args.out}")
 

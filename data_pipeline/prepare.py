@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -39,6 +40,8 @@ from data_pipeline import decoder as decoder_lib
 from data_pipeline import video as video_lib
 from data_pipeline import word_weights
 from data_pipeline.tokenizer import default_tokenizer
+
+_LOG = logging.getLogger(__name__)
 
 REPORT_FILE = "prepare_report.json"
 DATASETS = ("msrvtt", "msvd", "didemo", "activitynet", "webvid", "custom", "synthetic")
@@ -199,10 +202,15 @@ def prepare(dataset: str, out_dir: str, videos_dir: str | None = None, annotatio
             from data_pipeline import beam_prepare
 
             metadata["splits"][split]["num_frames"] = [video_lib.cached_num_frames(tasks[v.video_id][1]) for v in videos]
-            sources[split] = beam_prepare.SplitExamples(
-                [(example_key(i), v, tasks[v.video_id][1]) for i, v in enumerate(videos)], tagger_spec)
+            sources[split] = [(example_key(i), v, tasks[v.video_id][1]) for i, v in enumerate(videos)]
+    if pipeline_options is None:
+        make_sources = lambda: sources
+    else:  # a Beam transform belongs to the one pipeline it was applied in: each write gets new ones
+        make_sources = lambda: {split: beam_prepare.SplitExamples(items, tagger_spec) for split, items in sources.items()}
     write_started = time.time()
-    _build_tfds(dataset, out_dir, sources, metadata, pipeline_options)
+    attempts = _build_tfds(dataset, out_dir, make_sources, metadata, pipeline_options)
+    if pipeline_options is not None:
+        report["runner"]["write_attempts"] = attempts
     report["stage_seconds"]["tag_tokenise_write"] = round(time.time() - write_started, 2)
     if not keep_work:
         shutil.rmtree(work_dir, ignore_errors=True)
@@ -360,26 +368,64 @@ def _example_source(videos, texts, tasks, num_frames_out: list[int], progress: b
     return generate
 
 
-def _build_tfds(dataset: str, out_dir: str, sources, metadata: dict, pipeline_options=None) -> None:
+# A runner that returns fewer examples than it was given is caught by the count after each write;
+# the write (not the decoding, which is cached) is then redone this many times before `prepare` stops.
+BEAM_WRITE_ATTEMPTS = 3
+
+
+class LostExamples(RuntimeError):
+    """The written dataset holds fewer examples than `prepare` gave the writer."""
+
+
+def _build_tfds(dataset: str, out_dir: str, make_sources: Callable[[], dict], metadata: dict,
+                pipeline_options=None) -> int:
+    """Write the TFDS dataset from `make_sources()` ({split: examples source}), then count its
+    examples per split against the videos given; returns the number of writes it took.
+
+    Apache Beam's DirectRunner in multi-processing mode has been seen to drop whole bundles
+    (1024 videos given, 948 written, two contiguous runs of ids missing, report and counters
+    saying 1024, and a rerun of the same command writing all 1024). A dataset short of examples
+    is never left in place: it is removed, the write is redone (Beam path, up to
+    `BEAM_WRITE_ATTEMPTS` times, the decoded frames kept), and `prepare` stops with
+    `LostExamples` if it stays short."""
     import tensorflow_datasets as tfds
 
     from data_pipeline.builders import BUILDERS
 
-    parent = os.path.join(out_dir, dataset)
-    if os.path.isdir(parent):  # temporary folders of an interrupted TFDS write
-        for name in os.listdir(parent):
-            if name.startswith("incomplete."):
-                shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
-    builder = BUILDERS[dataset](data_dir=out_dir, examples=sources, metadata=metadata)
-    config = tfds.download.DownloadConfig(download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS,
-                                          beam_options=pipeline_options)
-    # Our own bars say what is written; TFDS's per-split bars and banners would repeat it.
-    shown = tfds.core.utils.tqdm_utils._active
-    tfds.display_progress_bar(False)
-    try:
-        builder.download_and_prepare(download_config=config)
-    finally:
-        tfds.display_progress_bar(shown)
+    expected = {split: len(ids["video_ids"]) for split, ids in metadata["splits"].items()}
+    attempts = BEAM_WRITE_ATTEMPTS if pipeline_options is not None else 1
+    for attempt in range(1, attempts + 1):
+        parent = os.path.join(out_dir, dataset)
+        if os.path.isdir(parent):  # temporary folders of an interrupted TFDS write
+            for name in os.listdir(parent):
+                if name.startswith("incomplete."):
+                    shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+        builder = BUILDERS[dataset](data_dir=out_dir, examples=make_sources(), metadata=metadata)
+        config = tfds.download.DownloadConfig(download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS,
+                                              beam_options=pipeline_options)
+        # Our own bars say what is written; TFDS's per-split bars and banners would repeat it.
+        shown = tfds.core.utils.tqdm_utils._active
+        tfds.display_progress_bar(False)
+        try:
+            builder.download_and_prepare(download_config=config)
+        finally:
+            tfds.display_progress_bar(shown)
+        written = {split: builder.info.splits[split].num_examples for split in expected}
+        short = {split: (written[split], n) for split, n in expected.items() if written[split] != n}
+        if not short:
+            return attempt
+        shutil.rmtree(str(builder.data_dir), ignore_errors=True)
+        lost = "; ".join(f"split {split!r}: {got} examples written of {n}" for split, (got, n) in short.items())
+        runner = (f"the Beam runner ({pipeline_options.get_all_options().get('runner')})"
+                  if pipeline_options is not None else "the TFDS writer")
+        if attempt < attempts:
+            _LOG.warning("%s returned fewer examples than it was given (%s); the dataset was removed and is "
+                         "written again (attempt %d of %d; the decoded frames are kept)", runner, lost, attempt + 1, attempts)
+            continue
+        raise LostExamples(
+            f"{dataset}: {runner} wrote fewer examples than it was given, {attempts} times ({lost}); "
+            f"nothing was kept in {parent} but the decoded frames. Rerun the same command (decoding is not "
+            "redone), or prepare without --beam-runner (the local path) or with another runner.")
 
 
 def _beam_options(runner: str, options: Sequence[str]):

@@ -153,3 +153,41 @@ def test_cli_passes_beam_and_timeout_flags(monkeypatch, tmp_path):
                      "--beam-option", "parallelism=4"]) == 0
     assert seen["decode_timeout"] == 12 and seen["beam_runner"] == "FlinkRunner"
     assert seen["beam_options"] == ["flink_master=h:8081", "parallelism=4"]
+
+
+@pytest.mark.parametrize("drops", [1, prep.BEAM_WRITE_ATTEMPTS])
+def test_a_runner_that_loses_examples_is_caught_the_write_redone_and_a_short_dataset_never_kept(
+        source, tmp_path, monkeypatch, capsys, caplog, drops):
+    """A runner that drops a bundle (seen with the DirectRunner in multi-processing mode): the count
+    after the write catches it; the write is redone from the decoded frames; a dataset that stays
+    short is removed and `prepare` stops with one clear line."""
+    videos, annotations = source
+    expand, left = beam_prepare.SplitExamples.expand, {"drops": drops}
+
+    def losing_expand(self, pipeline):  # decided here, in the driver: the runner loses train's first example
+        examples = expand(self, pipeline)
+        if left["drops"] <= 0 or self._items[0][1].video_id != "video0":
+            return examples
+        left["drops"] -= 1
+        return examples | beam.Filter(lambda key_example: key_example[0] != 0)
+
+    beam = pytest.importorskip("apache_beam")
+    monkeypatch.setattr(beam_prepare.SplitExamples, "expand", losing_expand)
+    out = str(tmp_path / "out")
+    command = ["prepare", "--dataset", "msrvtt", "--videos", videos, "--annotations", annotations, "--out", out,
+               "--tagger", "fallback", "--beam-runner", "DirectRunner", "--beam-option", "direct_running_mode=in_memory"]
+    code = cli.main(command)
+    attempts = prep.BEAM_WRITE_ATTEMPTS
+    if drops < attempts:
+        assert code == 0 and left["drops"] == 0
+        assert json.load(open(os.path.join(out, prep.REPORT_FILE)))["msrvtt"]["runner"]["write_attempts"] == 2
+        assert "examples written of 3" in caplog.text and f"attempt 2 of {attempts}" in caplog.text
+        _, data = _records(out)
+        assert [r["video_id"] for r in data["train"]] == [b"video0", b"video1", b"video2"]
+        return
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith("tvr-jax prepare: error: msrvtt: the Beam runner (DirectRunner) wrote fewer examples")
+    assert "split 'train': 2 examples written of 3" in err[0] and "Rerun the same command" in err[0]
+    assert not os.path.exists(prep.dataset_dir(out, "msrvtt"))  # nothing short left to train on
+    assert os.listdir(os.path.join(out, "_work", "msrvtt", "frames"))  # the decoded frames are kept

@@ -343,12 +343,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def _told_errors() -> tuple[type[BaseException], ...]:
     """Errors whose message says all (what, where and what to do): bad input, a busy work directory,
-    no checkpoint that restores, a non-finite loss. The last two come from modules that import jax,
-    so they are looked up only once loaded."""
+    no checkpoint that restores, a non-finite loss, a dataset writer that lost examples. The last
+    three come from modules that import jax or TFDS, so they are looked up only once loaded."""
     from tvr_jax.workdir_lock import WorkdirBusy
 
     told: list[type[BaseException]] = [FileNotFoundError, FileExistsError, ValueError, WorkdirBusy]
-    for module, name in (("tvr_jax.experiment", "CheckpointUnreadable"), ("tvr_jax.train", "NonFiniteLoss")):
+    for module, name in (("tvr_jax.experiment", "CheckpointUnreadable"), ("tvr_jax.train", "NonFiniteLoss"),
+                         ("data_pipeline.prepare", "LostExamples")):
         if module in sys.modules:
             told.append(getattr(sys.modules[module], name))
     return tuple(told)
