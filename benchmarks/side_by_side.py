@@ -23,6 +23,8 @@ import sys
 import time
 from collections.abc import Callable
 
+from tvr_jax import huge_pages as huge_pages_lib
+
 _REPLY = "@@ "  # marks protocol lines on a worker's stdout: anything else it prints passes through
 
 
@@ -66,10 +68,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class Worker:
-    """`python -m MODULE --serve SIDE ARGS...` as a child process; `ready` is what its `serve` said first."""
+    """`python -m MODULE --serve SIDE ARGS...` as a child process; `ready` is what its `serve` said first.
+    Both sides get huge pages for their heaps by default: glibc's tunable, and PyTorch's
+    THP_MEM_ALLOC_ENABLE for its CPU allocator."""
 
-    def __init__(self, module: str, side: str, args: list[str], xla_flags: str = ""):
+    def __init__(self, module: str, side: str, args: list[str], xla_flags: str = "", huge_pages: bool = True):
         env = dict(os.environ)
+        if huge_pages:  # as `tvr-jax` runs (tvr_jax/huge_pages.py); PyTorch's own switch for its allocator too
+            env = huge_pages_lib.environ_with_huge_pages(env) or env
+            env.setdefault("THP_MEM_ALLOC_ENABLE", "1")
         env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + xla_flags).strip()
         env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH")) if p)
         cmd = [sys.executable, "-m", module, "--serve", side, *args]

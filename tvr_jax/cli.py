@@ -13,6 +13,7 @@ import time
 import traceback
 
 from data_pipeline.decoder import DISK_FULL_ERRNOS
+from tvr_jax import huge_pages
 from tvr_jax.config_io import save_config
 
 
@@ -456,13 +457,15 @@ def _quiet_abandoned_checkpoint_io() -> None:
 
 
 def run() -> None:
-    """The `tvr-jax` command: `main`, then exit without the interpreter's teardown.
+    """The `tvr-jax` command: `main` (in a process with huge pages for its heap, `huge_pages`), then
+    exit without the interpreter's teardown.
 
     Every command has finished its work when `main` returns: outputs renamed into place,
     checkpoints committed, logs flushed. What teardown would add is destroying live tf.data
     iterators, whose worker threads may need the interpreter lock that the destroying thread
     holds: the process then never exits (seen after `ablate`, which leaves one per run).
     """
+    huge_pages.restart_with_huge_pages()
     _quiet_abandoned_checkpoint_io()
     try:
         code = main()
