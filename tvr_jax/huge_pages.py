@@ -6,9 +6,9 @@ THP setting ("madvise") gives huge pages only to memory that asks for them. glib
 heap when `GLIBC_TUNABLES` holds `glibc.malloc.hugetlb=1` (glibc >= 2.35; older ones, other C
 libraries and THP "never" ignore it). The tunable is read once, when the process starts, so
 `tvr-jax` restarts itself with it (`exec`, same process id) before any work. On an AMD EPYC
-Zen 5 (2 cores) the ViT-B/32 training step of `benchmarks/train_step.py` went from 6.4 to 3.8 s
-in bfloat16 and from 10.6 to 7.7 s in float32 (BENCHMARKS.md, "Train step", before and after;
-benchmarks/notes/bf16_step.md). `TVR_JAX_HUGE_PAGES=0` opts out.
+Zen 5 (2 cores) the ViT-B/32 bfloat16 training step of `benchmarks/train_step.py`, timed in
+fresh processes, took 5.2-5.3 s without and 4.0 s with it (benchmarks/notes/bf16_step.md); the
+side-by-side record with it is in BENCHMARKS.md, "Train step". `TVR_JAX_HUGE_PAGES=0` opts out.
 """
 
 from __future__ import annotations
